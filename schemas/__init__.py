@@ -1,0 +1,235 @@
+"""Wire types: the one contract every service imports.
+
+Outside input (WorkReq, API requests) is decoded strictly: unknown fields and wrong types are errors.
+Events are a tagged union (`type` field) so any consumer can decode any event with one decoder; the
+subject an event is published on is derived from the event itself (`event_subject`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# Names that end up in KV keys and subject tokens.
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+
+Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, max_length=128)]
+
+
+def is_token(text: str) -> bool:
+    return bool(_TOKEN_RE.match(text))
+
+
+# ---------------------------------------------------------------- WorkReq (outside input)
+
+
+class Job(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    desc: str = ""
+    args: dict[str, str] = {}
+
+
+class Block(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    desc: str = ""
+    rate_limit: int = 0
+    jobs: Annotated[list[Job], Meta(min_length=1)]
+
+    @property
+    def effective_rate_limit(self) -> int:
+        """The seed's rule: a rate limit below 1 means 1."""
+        return max(1, self.rate_limit)
+
+
+class WorkReq(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Token
+    desc: str = ""
+    max_failures: Annotated[int, Meta(ge=0)] | None = None
+    blocks: Annotated[list[Block], Meta(min_length=1)]
+
+
+class IdRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `wf.api.exec`, `wf.api.status` and `wf.api.cancel`."""
+
+    id: str
+
+
+# ---------------------------------------------------------------- replies
+
+
+class SubmitReply(Struct, kw_only=True):
+    id: str
+    verdict: Literal["approved", "pending"]
+
+
+class IdReply(Struct, kw_only=True):
+    id: str
+
+
+class JobStatus(Struct, kw_only=True):
+    name: str
+    desc: str
+    args: dict[str, str]
+    status: str = "not_started"
+    error: str = ""
+
+
+class BlockStatus(Struct, kw_only=True):
+    desc: str
+    status: str = "not_started"
+    has_error: bool = False
+    jobs: list[JobStatus] = []
+
+
+class StatusResp(Struct, kw_only=True):
+    id: str
+    name: str
+    desc: str
+    verdict: str = "pending"
+    reason: str = ""
+    status: str = "not_started"
+    had_errors: bool = False
+    was_es_stopped: bool = False
+    blocks: list[BlockStatus] = []
+
+
+# ---------------------------------------------------------------- events (stream WF_EVENTS)
+
+
+class _Event(Struct, frozen=True, kw_only=True, tag_field="type"):
+    id: str
+    at: float  # unix seconds, when the publisher decided it
+
+
+class Submitted(_Event, tag="submitted"):
+    req: WorkReq
+
+
+class Approved(_Event, tag="approved"):
+    pass
+
+
+class Rejected(_Event, tag="rejected"):
+    reason: str
+
+
+class ExecRequested(_Event, tag="exec_requested"):
+    pass
+
+
+class WorkflowStarted(_Event, tag="workflow.started"):
+    pass
+
+
+class WorkflowEnded(_Event, tag="workflow.ended"):
+    status: Literal["completed", "failed"]
+    had_errors: bool = False
+    was_es_stopped: bool = False
+
+
+class BlockStarted(_Event, tag="block.started"):
+    block: int
+
+
+class BlockEnded(_Event, tag="block.ended"):
+    block: int
+    status: Literal["completed", "failed"]
+    has_error: bool = False
+
+
+class JobStarted(_Event, tag="job.started"):
+    block: int
+    job: int
+    attempt: int = 1
+
+
+class JobCompleted(_Event, tag="job.completed"):
+    block: int
+    job: int
+    attempt: int = 1
+
+
+class JobFailed(_Event, tag="job.failed", kw_only=True):
+    block: int
+    job: int
+    attempt: int = 1
+    error: str
+    fatal: bool = False
+
+
+Event = (
+    Submitted
+    | Approved
+    | Rejected
+    | ExecRequested
+    | WorkflowStarted
+    | WorkflowEnded
+    | BlockStarted
+    | BlockEnded
+    | JobStarted
+    | JobCompleted
+    | JobFailed
+)
+JobEvent = JobStarted | JobCompleted | JobFailed
+
+
+def event_subject(ev: Event) -> str:
+    """The subject an event is published on: `wf.evt.<id>.<event>` (contract)."""
+    base = f"wf.evt.{ev.id}"
+    match ev:
+        case WorkflowEnded():
+            return f"{base}.workflow.{ev.status}"
+        case WorkflowStarted():
+            return f"{base}.workflow.started"
+        case BlockStarted():
+            return f"{base}.block.{ev.block}.started"
+        case BlockEnded():
+            return f"{base}.block.{ev.block}.{ev.status}"
+        case JobStarted():
+            return f"{base}.job.{ev.block}.{ev.job}.started"
+        case JobCompleted():
+            return f"{base}.job.{ev.block}.{ev.job}.completed"
+        case JobFailed():
+            return f"{base}.job.{ev.block}.{ev.job}.failed"
+        case _:
+            return f"{base}.{ev.__struct_config__.tag}"
+
+
+def event_msg_id(ev: Event) -> str:
+    """Deterministic `Nats-Msg-Id`: a republished event (retry, takeover) is dropped as a duplicate.
+
+    A job's `started` carries the attempt, so each delivery of a command shows; its terminal event
+    does not, so a job run twice still records one outcome."""
+    subject = event_subject(ev)
+    if isinstance(ev, JobStarted):
+        return f"{subject}.{ev.attempt}"
+    return subject
+
+
+# ---------------------------------------------------------------- commands (stream WF_JOBS)
+
+
+class JobCommand(Struct, frozen=True, kw_only=True):
+    id: str
+    block: int
+    job: int
+    name: str
+    args: dict[str, str]
+    at: float
+
+
+def job_command_subject(wf_id: str, block: int, job: int) -> str:
+    return f"wf.cmd.job.{wf_id}.{block}.{job}"
+
+
+# ---------------------------------------------------------------- codecs (reused, never rebuilt)
+
+encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(Event)
+workreq_decoder = msgspec.json.Decoder(WorkReq)
+id_request_decoder = msgspec.json.Decoder(IdRequest)
+status_decoder = msgspec.json.Decoder(StatusResp)
+command_decoder = msgspec.json.Decoder(JobCommand)

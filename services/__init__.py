@@ -1,0 +1,1 @@
+"""The workflow service: five small services over NATS JetStream (see docs/architecture.md)."""

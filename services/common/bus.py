@@ -1,0 +1,107 @@
+"""Connecting, publishing events and commands, and reading one workflow's history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import Event, JobCommand, encoder, event_msg_id, event_subject, job_command_subject
+
+from .topology import EVENTS_STREAM
+
+log = structlog.get_logger()
+
+ACK_TIMEOUT_S = 5.0
+MSG_ID = "Nats-Msg-Id"
+
+
+async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> Client:
+    """Connect, retrying until the deadline; once connected, reconnect forever."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=repr(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected")
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_deadline_s
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except (nats.errors.NoServersError, OSError) as exc:
+            if loop.time() > deadline:
+                raise
+            log.info("nats_connect_retry", error=repr(exc))
+            await asyncio.sleep(0.5)
+
+
+async def publish_event(js: JetStreamContext, ev: Event, headers: dict[str, str] | None = None) -> int:
+    """Publish one event and wait for the stream's ack; returns its stream sequence."""
+    hdrs = {MSG_ID: event_msg_id(ev), **(headers or {})}
+    ack = await js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S, headers=hdrs)
+    return ack.seq
+
+
+async def publish_all(js: JetStreamContext, events: Iterable[Event], commands: Iterable[JobCommand] = ()) -> None:
+    """Publish many messages pipelined (not one round trip each) and wait for every ack."""
+    futures = []
+    for ev in events:
+        futures.append(
+            await js.publish_async(event_subject(ev), encoder.encode(ev), headers={MSG_ID: event_msg_id(ev)})
+        )
+    for cmd in commands:
+        subject = job_command_subject(cmd.id, cmd.block, cmd.job)
+        futures.append(await js.publish_async(subject, encoder.encode(cmd), headers={MSG_ID: subject}))
+    if futures:
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=ACK_TIMEOUT_S * 2)
+
+
+async def last_event(js: JetStreamContext, subject: str) -> Msg | None:
+    """The last message stored on one event subject, or None."""
+    try:
+        raw = await js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    return raw  # type: ignore[return-value]
+
+
+async def follow_workflow(js: JetStreamContext, wf_id: str) -> JetStreamContext.PushSubscription:
+    """An ordered consumer over one workflow's events: its whole history, then live events.
+
+    A message whose `metadata.num_pending` is 0 is the last one stored when it was delivered."""
+    return await js.subscribe(f"wf.evt.{wf_id}.>", stream=EVENTS_STREAM, ordered_consumer=True, idle_heartbeat=2.0)
+
+
+async def read_history(js: JetStreamContext, wf_id: str, timeout_s: float = 5.0) -> list[Msg]:
+    """Every event stored for one workflow, in stream order. Call only for a workflow that exists."""
+    sub = await follow_workflow(js, wf_id)
+    msgs: list[Msg] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await sub.next_msg(timeout=timeout_s)
+                msgs.append(msg)
+                if msg.metadata.num_pending == 0:
+                    return msgs
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,125 @@
+"""The one boundary of a micro endpoint: decoding errors, limits, error replies, logging.
+
+nats-py runs one callback at a time per subscription, so a handler that waits (submit waits for a
+verdict) would stall its endpoint. Each request is therefore handled in its own task, at most
+`max_in_flight` at once; past that the request is refused at once with 429 (the seed's behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.micro.request import Request
+from nats.micro.service import Endpoint, Service
+
+import msgspec
+
+from schemas import encoder, id_request_decoder
+
+from .ids import is_valid_id
+
+log = structlog.get_logger()
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+
+
+class ApiError(Exception):
+    """An error reply with one of the contract's codes; `extra` goes into the JSON body."""
+
+    def __init__(self, code: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_body(code: int, message: str, **extra: Any) -> bytes:
+    return encoder.encode({"error": {"code": code, "message": message}, **extra})
+
+
+async def respond_error(request: Request, err: ApiError) -> None:
+    headers = {ERROR_CODE_HEADER: str(err.code), ERROR_HEADER: err.message}
+    await request.respond(error_body(err.code, err.message, **err.extra), headers=headers)
+
+
+Handler = Callable[[Request], Awaitable[bytes]]
+
+
+class ConcurrentEndpoint:
+    """Runs a handler per request in its own task; keeps the micro STATS honest."""
+
+    def __init__(self, name: str, handler: Handler, max_in_flight: int) -> None:
+        self.name = name
+        self.handler = handler
+        self.max_in_flight = max_in_flight
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.endpoint: Endpoint | None = None
+
+    async def register(self, service: Service, subject: str) -> None:
+        await service.add_endpoint(name=self.name, subject=subject, handler=self.accept)
+        self.endpoint = next(e for e in service._endpoints if e._name == self.name)
+
+    async def accept(self, request: Request) -> None:
+        if len(self.in_flight) >= self.max_in_flight:
+            await self._reply_error(request, ApiError(429, f"too many requests in flight (limit {self.max_in_flight})"))
+            return
+        task = asyncio.create_task(self._handle(request))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _handle(self, request: Request) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            body = await self.handler(request)
+            await request.respond(body)
+        except ApiError as err:
+            outcome = f"error_{err.code}"
+            await self._reply_error(request, err)
+        except Exception as exc:  # the boundary: never let one request kill the endpoint
+            outcome = "error_500"
+            log.exception("request_crashed", endpoint=self.name)
+            await self._reply_error(request, ApiError(500, f"internal error: {type(exc).__name__}"))
+        finally:
+            duration_ms = (time.perf_counter() - started) * 1000
+            self._record(duration_ms)
+            log.info("request_handled", endpoint=self.name, outcome=outcome, duration_ms=round(duration_ms, 2))
+
+    async def _reply_error(self, request: Request, err: ApiError) -> None:
+        if self.endpoint is not None:
+            # The framework counts only exceptions raised by the callback; ours run in tasks.
+            self.endpoint._num_errors += 1
+            self.endpoint._last_error = f"{err.code}:{err.message}"
+        try:
+            await respond_error(request, err)
+        except Exception:
+            log.exception("error_reply_failed", endpoint=self.name)
+
+    def _record(self, duration_ms: float) -> None:
+        ep = self.endpoint
+        if ep is None:
+            return
+        # processing_time is in nanoseconds in the micro protocol
+        ep._processing_time += int(duration_ms * 1e6)
+        if ep._num_requests:
+            ep._average_processing_time = int(ep._processing_time / ep._num_requests)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=timeout_s)
+
+
+def decode_id(data: bytes) -> str:
+    """The id of an `{"id": ID}` request; 400 for a bad body, 404 for what cannot be an id."""
+    try:
+        wf_id = id_request_decoder.decode(data).id
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f'request must be JSON {{"id": ID}}: {exc}') from None
+    if not is_valid_id(wf_id):
+        raise ApiError(404, f"unknown id {wf_id!r}")
+    return wf_id

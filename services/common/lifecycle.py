@@ -1,0 +1,99 @@
+"""What every service's `__main__` does: settings, logging, run until SIGTERM/SIGINT, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from .logs import configure_logging
+from .settings import Settings
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+Main = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def run_service(name: str, main: Main) -> None:
+    settings = Settings.from_env()
+    configure_logging(name, settings.log_level)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("service_starting", nats_url=_redact(settings.nats_url))
+        await main(settings, stop)
+        log.info("service_stopped")
+
+    asyncio.run(runner())
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+async def when_ready(factory: Callable[[], Awaitable[T]], stop: asyncio.Event, *, what: str) -> T:
+    """Retry `factory` until it succeeds: a service may start before `wf up` created what it uses."""
+    while True:
+        try:
+            return await factory()
+        except nats.errors.Error as exc:
+            if stop.is_set():
+                raise
+            log.warning("not_ready_yet", what=what, error=repr(exc))
+            await asyncio.sleep(1.0)
+
+
+async def bind_durable(js: JetStreamContext, stream: str, durable: str, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
+    """Bind to a durable pull consumer once it exists."""
+
+    async def bind() -> JetStreamContext.PullSubscription:
+        await js.consumer_info(stream, durable)
+        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    return await when_ready(bind, stop, what=f"{stream}/{durable}")
+
+
+async def fetch_batches(
+    sub: JetStreamContext.PullSubscription, batch: int, stop: asyncio.Event, *, idle_s: float = 1.0
+) -> AsyncIterator[list[Msg]]:
+    """Batches from a pull consumer until stopped; an idle fetch or a reconnect just fetches again."""
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch, timeout=idle_s)
+        except asyncio.TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
+            continue
+        except nats.errors.Error as exc:
+            log.warning("fetch_failed", error=repr(exc))
+            await asyncio.sleep(0.5)
+            continue
+        yield msgs
+
+
+async def shutdown(nc: Client, *pull_subs: JetStreamContext.PullSubscription, timeout_s: float = 3.0) -> None:
+    """Unsubscribe pull consumers (nats-py's drain never finishes with one), drain the rest, close."""
+    for sub in pull_subs:
+        try:
+            await sub.unsubscribe()
+        except nats.errors.Error:
+            pass
+    try:
+        await asyncio.wait_for(nc.drain(), timeout_s)
+    except (asyncio.TimeoutError, nats.errors.Error):
+        log.warning("drain_incomplete")
+    finally:
+        if not nc.is_closed:
+            await nc.close()

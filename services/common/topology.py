@@ -1,0 +1,107 @@
+"""Streams, consumers and KV buckets: created idempotently by `wf up` (or `wf setup`).
+
+WF_EVENTS is the source of truth; WF_JOBS is the work queue of job commands; every KV bucket holds
+state derived from WF_EVENTS (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+EVENTS_STREAM = "WF_EVENTS"
+JOBS_STREAM = "WF_JOBS"
+STATUS_BUCKET = "wf_status"
+ES_BUCKET = "wf_es"
+
+POLICY_CONSUMER = "policy"
+EXECUTOR_CONSUMER = "executor"
+STATUS_CONSUMER = "status"
+RUNNER_CONSUMER = "jobrunner"
+
+DUPLICATE_WINDOW_S = 120.0
+# The executor holds a workflow's exec_requested message un-acked while it runs the workflow,
+# renewing it with in-progress acks: if the executor dies, the message is redelivered after this
+# long and another executor (or its restart) resumes the workflow from WF_EVENTS.
+EXECUTOR_ACK_WAIT_S = 6.0
+RUNNER_ACK_WAIT_S = 30.0
+
+
+def stream_configs() -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=["wf.evt.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=JOBS_STREAM,
+            subjects=["wf.cmd.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            allow_direct=True,
+        ),
+    ]
+
+
+def consumer_configs() -> dict[str, list[ConsumerConfig]]:
+    explicit = {"ack_policy": AckPolicy.EXPLICIT, "deliver_policy": DeliverPolicy.ALL}
+    return {
+        EVENTS_STREAM: [
+            ConsumerConfig(
+                durable_name=POLICY_CONSUMER,
+                filter_subject="wf.evt.*.submitted",
+                ack_wait=30.0,
+                max_ack_pending=1000,
+                **explicit,
+            ),
+            ConsumerConfig(
+                durable_name=EXECUTOR_CONSUMER,
+                filter_subject="wf.evt.*.exec_requested",
+                ack_wait=EXECUTOR_ACK_WAIT_S,
+                max_ack_pending=20000,
+                **explicit,
+            ),
+            ConsumerConfig(
+                durable_name=STATUS_CONSUMER,
+                filter_subject="wf.evt.>",
+                ack_wait=30.0,
+                max_ack_pending=20000,
+                **explicit,
+            ),
+        ],
+        JOBS_STREAM: [
+            ConsumerConfig(
+                durable_name=RUNNER_CONSUMER,
+                filter_subject="wf.cmd.job.>",
+                ack_wait=RUNNER_ACK_WAIT_S,
+                max_ack_pending=20000,
+                **explicit,
+            ),
+        ],
+    }
+
+
+async def ensure_topology(js: JetStreamContext) -> None:
+    """Create or update every stream, consumer and bucket; safe to run any number of times."""
+    for config in stream_configs():
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+    for stream, consumers in consumer_configs().items():
+        for consumer in consumers:
+            await js.add_consumer(stream, consumer)
+    for bucket in (STATUS_BUCKET, ES_BUCKET):
+        await js.create_key_value(bucket=bucket, history=1, direct=True)

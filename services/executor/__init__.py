@@ -1,0 +1,1 @@
+"""wf-executor: runs executed workflows one Block at a time, emitting job commands under rate limits."""

@@ -1,0 +1,137 @@
+"""One workflow's actor: follows the workflow's events, decides, emits; owns the workflow meanwhile.
+
+Ownership is the workflow's `exec_requested` message on the executor's durable consumer: the actor
+keeps it un-acked (renewed with in-progress acks) until the workflow ends, then acks it. If this
+process dies, JetStream redelivers it after the ack wait and another executor (or this one,
+restarted) resumes the workflow from its history. Fresh and resumed workflows take the same path:
+replay the history, find commands still waiting in the work queue, then decide."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import Approved, JobCommand, Submitted, event_decoder
+from services.common.bus import follow_workflow, publish_all
+from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
+
+from .progress import Decision, WorkflowProgress
+
+log = structlog.get_logger()
+KEEPALIVE_S = EXECUTOR_ACK_WAIT_S / 3
+
+
+class NotExecutable(Exception):
+    """The history does not show an approved submission: the exec request is refused."""
+
+
+class WorkflowActor:
+    def __init__(self, js: JetStreamContext, wf_id: str, exec_msg: Msg) -> None:
+        self.js = js
+        self.id = wf_id
+        self.exec_msg = exec_msg
+        self.progress: WorkflowProgress | None = None
+        self.approved = False
+
+    def renew(self, exec_msg: Msg) -> None:
+        """A redelivery of the exec request to this same executor: hold the newest delivery."""
+        self.exec_msg = exec_msg
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(workflow_id=self.id)
+        keepalive = asyncio.create_task(self._keep_ownership())
+        sub = await follow_workflow(self.js, self.id)
+        try:
+            await self._follow(sub)
+            await self.exec_msg.ack()
+            log.info("workflow_finished", outcome="ended")
+        except NotExecutable as exc:
+            log.error("exec_refused", reason=str(exc), outcome="refused")
+            await self.exec_msg.term()
+        finally:
+            keepalive.cancel()
+            await sub.unsubscribe()
+
+    async def release(self, delay_s: float = 2.0) -> None:
+        """Give the workflow up, so another executor (or a fresh actor) takes it over after the delay."""
+        try:
+            await self.exec_msg.nak(delay=delay_s or None)
+        except nats.errors.Error:
+            pass
+
+    async def _keep_ownership(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            try:
+                await self.exec_msg.in_progress()
+            except nats.errors.Error as exc:
+                log.warning("keepalive_failed", error=repr(exc))
+
+    async def _follow(self, sub: JetStreamContext.PushSubscription) -> None:
+        caught_up = False
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=KEEPALIVE_S)
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                self._apply(event_decoder.decode(msg.data))
+            except msgspec.DecodeError as exc:
+                log.error("bad_event_ignored", subject=msg.subject, error=str(exc))
+            if not caught_up:
+                if msg.metadata.num_pending > 0:
+                    continue
+                caught_up = True
+                await self._on_caught_up()
+            if sub.pending_msgs > 0:
+                continue  # apply everything already here before deciding
+            assert self.progress is not None
+            if self.progress.ended:
+                return
+            decision = self.progress.decide()
+            if decision:
+                await self._emit(decision)
+                if self.progress.ended:
+                    return
+
+    def _apply(self, ev: object) -> None:
+        if isinstance(ev, Submitted):
+            self.progress = WorkflowProgress(self.id, ev.req)
+        elif isinstance(ev, Approved):
+            self.approved = True
+        elif self.progress is not None:
+            self.progress.apply(ev)  # type: ignore[arg-type]
+
+    async def _on_caught_up(self) -> None:
+        if self.progress is None or not self.approved:
+            raise NotExecutable("no approved submission in the workflow's history")
+        # Commands still waiting in the work queue were dispatched before a restart: not again.
+        info = await self.js.stream_info(JOBS_STREAM, subjects_filter=f"wf.cmd.job.{self.id}.>")
+        waiting = (info.state.subjects or {}) if info.state else {}
+        for subject in waiting:
+            _, _, _, _, block, job = subject.split(".")
+            self.progress.mark_dispatched(int(block), int(job))
+        log.info("workflow_resumed" if self.progress.started else "workflow_starting", waiting_commands=len(waiting))
+
+    async def _emit(self, decision: Decision) -> None:
+        assert self.progress is not None
+        now = time.time()
+        blocks = self.progress.req.blocks
+        commands = [
+            JobCommand(id=self.id, block=b, job=j, name=blocks[b].jobs[j].name, args=blocks[b].jobs[j].args, at=now)
+            for b, j in decision.dispatch
+        ]
+        # Events first (their acks awaited), so a block's `started` is stored before its commands.
+        await publish_all(self.js, decision.events)
+        await publish_all(self.js, (), commands)
+        self.progress.commit(decision)
+        for ev in decision.events:
+            log.info("event_emitted", type=ev.__struct_config__.tag, block=getattr(ev, "block", None))
+        if commands:
+            log.debug("jobs_dispatched", count=len(commands), block=commands[0].block)

@@ -1,0 +1,83 @@
+"""wf-executor at run time: takes exec requests from its durable consumer, one actor per workflow."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats.micro
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import ExecRequested, event_decoder
+from services.common.bus import connect
+from services.common.lifecycle import bind_durable, fetch_batches, shutdown
+from services.common.settings import Settings
+from services.common.topology import EVENTS_STREAM, EXECUTOR_CONSUMER
+
+from .actor import WorkflowActor
+
+log = structlog.get_logger()
+VERSION = "0.1.0"
+
+
+class Executor:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.actors: dict[str, WorkflowActor] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def on_exec_requested(self, msg: Msg) -> None:
+        try:
+            ev = event_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return
+        if not isinstance(ev, ExecRequested):
+            log.error("unexpected_event_terminated", subject=msg.subject, type=type(ev).__name__)
+            await msg.term()
+            return
+        actor = self.actors.get(ev.id)
+        if actor is not None:
+            actor.renew(msg)
+            return
+        actor = WorkflowActor(self.js, ev.id, msg)
+        self.actors[ev.id] = actor
+        task = asyncio.create_task(self._run(actor))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, actor: WorkflowActor) -> None:
+        try:
+            await actor.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the boundary: give the workflow back for redelivery and a fresh rebuild
+            log.exception("workflow_actor_crashed", workflow_id=actor.id)
+            await actor.release()
+        finally:
+            self.actors.pop(actor.id, None)
+
+    async def stop(self) -> None:
+        actors = list(self.actors.values())
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for actor in actors:
+            await actor.release(delay_s=0)
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    nc = await connect(settings.nats_url, "wf-executor")
+    js = nc.jetstream()
+    service = await nats.micro.add_service(nc, name="wf-executor", version=VERSION, description="runs approved workflows")
+    executor = Executor(js)
+    sub = await bind_durable(js, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
+    async for batch in fetch_batches(sub, 32, stop):
+        for msg in batch:
+            await executor.on_exec_requested(msg)
+    await executor.stop()
+    await service.stop()
+    await shutdown(nc, sub)

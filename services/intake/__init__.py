@@ -1,0 +1,1 @@
+"""wf-intake: takes WorkReqs (`wf.api.submit`) and exec requests (`wf.api.exec`)."""

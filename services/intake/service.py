@@ -1,0 +1,154 @@
+"""wf-intake at run time.
+
+Submit records a `submitted` event and waits a short while for the policy's verdict. Exec records an
+`exec_requested` event with `Nats-Expected-Last-Subject-Sequence: 0`, so JetStream itself lets exactly
+one of any number of concurrent execs of an id through, whichever intake replica serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import nats.micro
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+
+from schemas import (
+    ExecRequested,
+    IdReply,
+    Rejected,
+    SubmitReply,
+    Submitted,
+    encoder,
+    event_decoder,
+    workreq_decoder,
+)
+from services.common.bus import connect, last_event, publish_event
+from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
+from services.common.ids import new_id
+from services.common.lifecycle import shutdown
+from services.common.settings import Settings
+
+log = structlog.get_logger()
+VERSION = "0.1.0"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
+
+
+class VerdictWaiters:
+    """Futures for submits waiting on their verdict, fed by one subscription to all verdicts."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    async def subscribe(self, nc: Client) -> None:
+        for verdict in ("approved", "rejected"):
+            await nc.subscribe(f"wf.evt.*.{verdict}", cb=self._on_verdict)
+        await nc.flush()
+        await nc.flush()  # one flush can be overtaken by queued commands (nats-notes)
+
+    async def _on_verdict(self, msg: Msg) -> None:
+        wf_id = msg.subject.split(".")[2]
+        fut = self._waiting.get(wf_id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def expect(self, wf_id: str) -> asyncio.Future[Msg]:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[wf_id] = fut
+        return fut
+
+    def forget(self, wf_id: str) -> None:
+        self._waiting.pop(wf_id, None)
+
+
+class Intake:
+    def __init__(self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters) -> None:
+        self.js = js
+        self.settings = settings
+        self.waiters = waiters
+
+    async def submit(self, request: Request) -> bytes:
+        try:
+            req = workreq_decoder.decode(request.data)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"not a valid WorkReq: {exc}") from None
+        wf_id = new_id()
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        verdict = self.waiters.expect(wf_id)
+        try:
+            try:
+                await publish_event(self.js, Submitted(id=wf_id, at=time.time(), req=req))
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                raise ApiError(503, f"could not record the submission, nothing was stored: {exc!r}") from None
+            try:
+                msg = await asyncio.wait_for(verdict, timeout=self.settings.verdict_wait_s)
+            except asyncio.TimeoutError:
+                return encoder.encode(SubmitReply(id=wf_id, verdict="pending"))
+        finally:
+            self.waiters.forget(wf_id)
+        ev = event_decoder.decode(msg.data)
+        if isinstance(ev, Rejected):
+            raise ApiError(400, ev.reason, id=wf_id, verdict="rejected")
+        return encoder.encode(SubmitReply(id=wf_id, verdict="approved"))
+
+    async def exec(self, request: Request) -> bytes:
+        wf_id = decode_id(request.data)
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        try:
+            await self._check_executable(wf_id)
+            await publish_event(
+                self.js,
+                ExecRequested(id=wf_id, at=time.time()),
+                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ApiError(409, f"workflow {wf_id} is already executing or executed") from None
+            raise ApiError(503, f"could not record the exec request: {exc.description}") from None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise ApiError(503, f"could not record the exec request: {exc!r}") from None
+        return encoder.encode(IdReply(id=wf_id))
+
+    async def _check_executable(self, wf_id: str) -> None:
+        submitted = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
+        if submitted is None:
+            raise ApiError(404, f"unknown id {wf_id!r}")
+        if await last_event(self.js, f"wf.evt.{wf_id}.exec_requested") is not None:
+            raise ApiError(409, f"workflow {wf_id} is already executing or executed")
+        if await last_event(self.js, f"wf.evt.{wf_id}.approved") is None:
+            rejected = await last_event(self.js, f"wf.evt.{wf_id}.rejected")
+            if rejected is not None:
+                reason = event_decoder.decode(rejected.data).reason  # type: ignore[union-attr]
+                raise ApiError(412, f"workflow {wf_id} was rejected: {reason}")
+            raise ApiError(412, f"workflow {wf_id} is not approved (verdict pending)")
+        age_s = time.time() - event_decoder.decode(submitted.data).at
+        if age_s > self.settings.exec_window_s:
+            raise ApiError(
+                412, f"workflow {wf_id} was submitted {age_s:.0f} s ago, past the exec window of {self.settings.exec_window_s:.0f} s"
+            )
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    nc = await connect(settings.nats_url, "wf-intake")
+    js = nc.jetstream()
+    waiters = VerdictWaiters()
+    await waiters.subscribe(nc)
+    intake = Intake(js, settings, waiters)
+    service = await nats.micro.add_service(nc, name="wf-intake", version=VERSION, description="takes WorkReqs and exec requests")
+    endpoints = [
+        ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),
+        ConcurrentEndpoint("exec", intake.exec, settings.max_in_flight),
+    ]
+    for ep in endpoints:
+        await ep.register(service, f"wf.api.{ep.name}")
+    await stop.wait()
+    await service.stop()
+    for ep in endpoints:
+        await ep.drain()
+    await shutdown(nc)

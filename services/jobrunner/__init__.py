@@ -1,0 +1,1 @@
+"""wf-jobrunner: runs job commands from the shared work queue and reports job events."""

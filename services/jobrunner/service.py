@@ -1,0 +1,69 @@
+"""wf-jobrunner at run time: every runner shares one durable pull consumer of job commands.
+
+A runner fetches only as many commands as it has free slots (`WF_RUNNER_CONCURRENCY`), so commands it
+cannot start yet stay in the work queue for the other runners."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import nats.micro
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.common.bus import connect
+from services.common.lifecycle import bind_durable, shutdown
+from services.common.settings import Settings
+from services.common.topology import JOBS_STREAM, RUNNER_CONSUMER
+from services.jobs import JobRegistry, builtin_jobs
+
+from .runner import handle_command
+
+log = structlog.get_logger()
+VERSION = "0.1.0"
+FETCH_MAX = 64
+
+
+async def guarded(msg: Msg, js: JetStreamContext, jobs: JobRegistry, time_scale: float) -> None:
+    try:
+        await handle_command(msg, js, jobs, time_scale)
+    except asyncio.CancelledError:
+        # shutting down: hand the command back at once rather than after the ack wait
+        await asyncio.shield(msg.nak())
+        raise
+    except Exception:  # the boundary: the command stays un-acked and is redelivered
+        log.exception("command_handling_failed", subject=msg.subject)
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    jobs = JobRegistry(builtin_jobs())
+    nc = await connect(settings.nats_url, "wf-jobrunner")
+    js = nc.jetstream()
+    service = await nats.micro.add_service(nc, name="wf-jobrunner", version=VERSION, description="runs registered jobs")
+    sub = await bind_durable(js, JOBS_STREAM, RUNNER_CONSUMER, stop)
+    running: set[asyncio.Task[None]] = set()
+    while not stop.is_set():
+        free = settings.runner_concurrency - len(running)
+        if free <= 0:
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            continue
+        try:
+            msgs = await sub.fetch(min(free, FETCH_MAX), timeout=1.0)
+        except asyncio.TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
+            continue
+        except nats.errors.Error as exc:
+            log.warning("fetch_failed", error=repr(exc))
+            await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            task = asyncio.create_task(guarded(msg, js, jobs, settings.time_scale))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    # Jobs still running are abandoned un-acked: their commands are redelivered to another runner.
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    await service.stop()
+    await shutdown(nc, sub)

@@ -1,0 +1,140 @@
+"""Policies, their typed settings, and `configs/policies.json` (the seed's format).
+
+A policy is built from its Settings once, when the configuration is loaded; a setting that names an
+unregistered job is a configuration error then, not a surprise at submit time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from schemas import WorkReq
+from services.jobs import JobRegistry
+
+
+class ConfigError(ValueError):
+    """The policy configuration cannot be used; the message says where and why."""
+
+
+class PolicyViolation(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+Check = Callable[[WorkReq], None]  # raises PolicyViolation
+
+
+class Policy(Protocol):
+    name: str
+
+    def build(self, settings: dict[str, Any], jobs: JobRegistry) -> Check:
+        """Parse the settings (raising ConfigError) and return the check they configure."""
+
+
+class PolicyRegistry:
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self._policies: dict[str, Policy] = {}
+        for policy in policies:
+            if policy.name in self._policies:
+                raise ValueError(f"policy {policy.name!r} is registered twice")
+            self._policies[policy.name] = policy
+
+    def get(self, name: str) -> Policy | None:
+        return self._policies.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._policies)
+
+
+def parse_settings(policy: str, struct: type[Any], raw: dict[str, Any]) -> Any:
+    """Typed settings, strictly: unknown keys and wrong types are configuration errors."""
+    try:
+        return msgspec.convert(raw, struct, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"policy {policy!r}: bad Settings: {exc}") from None
+
+
+class _PolicyRef(msgspec.Struct, forbid_unknown_fields=True):
+    Name: str
+    Settings: dict[str, Any] = {}
+
+
+class _PolicyEntry(msgspec.Struct, forbid_unknown_fields=True):
+    Name: str
+    Policies: list[_PolicyRef]
+
+
+@dataclass(frozen=True)
+class NamedCheck:
+    name: str
+    check: Check
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """WorkReq name -> the checks that must all pass."""
+
+    by_name: dict[str, tuple[NamedCheck, ...]]
+
+
+def json_stream(text: str) -> list[Any]:
+    """A stream of JSON values, separated by white space (JSON lines, or pretty-printed objects)."""
+    decoder = json.JSONDecoder()
+    values, pos = [], 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return values
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not a stream of JSON objects: {exc}") from None
+        values.append(value)
+
+
+def parse_policy_config(text: str, policies: PolicyRegistry, jobs: JobRegistry) -> PolicyConfig:
+    by_name: dict[str, tuple[NamedCheck, ...]] = {}
+    for n, value in enumerate(json_stream(text), start=1):
+        try:
+            entry = msgspec.convert(value, _PolicyEntry, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"entry {n}: {exc}") from None
+        if entry.Name in by_name:
+            raise ConfigError(f"entry {n}: WorkReq name {entry.Name!r} appears twice")
+        checks = []
+        for ref in entry.Policies:
+            policy = policies.get(ref.Name)
+            if policy is None:
+                raise ConfigError(
+                    f"entry {n} ({entry.Name}): unknown policy {ref.Name!r} (registered: {', '.join(policies.names())})"
+                )
+            try:
+                checks.append(NamedCheck(ref.Name, policy.build(ref.Settings, jobs)))
+            except ConfigError as exc:
+                raise ConfigError(f"entry {n} ({entry.Name}): {exc}") from None
+        by_name[entry.Name] = tuple(checks)
+    return PolicyConfig(by_name)
+
+
+def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) -> PolicyConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return parse_policy_config(text, policies, jobs)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def builtin_policies() -> list[Policy]:
+    from .policies import restrict_job_types
+
+    return [restrict_job_types.RestrictJobTypes()]

@@ -1,0 +1,103 @@
+"""The status fold: StatusResp from events. Pure; no I/O.
+
+Every state only moves forward (not_started -> running -> completed|failed, pending -> approved|rejected),
+and the first terminal state wins, so applying an event twice, or events out of order, changes nothing
+that applying them once in order would not."""
+
+from __future__ import annotations
+
+from schemas import (
+    Approved,
+    BlockEnded,
+    BlockStarted,
+    BlockStatus,
+    Event,
+    JobCompleted,
+    JobFailed,
+    JobStarted,
+    JobStatus,
+    Rejected,
+    StatusResp,
+    Submitted,
+    WorkflowEnded,
+    WorkflowStarted,
+)
+
+_RANK = {"not_started": 0, "running": 1, "completed": 2, "failed": 2}
+
+
+def _advance(current: str, new: str) -> str:
+    return new if _RANK[new] > _RANK[current] else current
+
+
+def new_status(ev: Submitted) -> StatusResp:
+    return StatusResp(
+        id=ev.id,
+        name=ev.req.name,
+        desc=ev.req.desc,
+        blocks=[
+            BlockStatus(
+                desc=block.desc,
+                jobs=[JobStatus(name=job.name, desc=job.desc, args=dict(job.args)) for job in block.jobs],
+            )
+            for block in ev.req.blocks
+        ],
+    )
+
+
+def _job(status: StatusResp, block: int, job: int) -> JobStatus | None:
+    if 0 <= block < len(status.blocks) and 0 <= job < len(status.blocks[block].jobs):
+        return status.blocks[block].jobs[job]
+    return None
+
+
+def apply(status: StatusResp, ev: Event) -> bool:
+    """Apply one event in place; True when the StatusResp changed."""
+    before = _fingerprint(status, ev)
+    match ev:
+        case Approved() | Rejected() if status.verdict == "pending":
+            status.verdict = "approved" if isinstance(ev, Approved) else "rejected"
+            status.reason = ev.reason if isinstance(ev, Rejected) else ""
+        case WorkflowStarted():
+            status.status = _advance(status.status, "running")
+        case WorkflowEnded():
+            status.status = _advance(status.status, ev.status)
+            status.had_errors = status.had_errors or ev.had_errors
+            status.was_es_stopped = status.was_es_stopped or ev.was_es_stopped
+        case BlockStarted() if 0 <= ev.block < len(status.blocks):
+            block = status.blocks[ev.block]
+            block.status = _advance(block.status, "running")
+        case BlockEnded() if 0 <= ev.block < len(status.blocks):
+            block = status.blocks[ev.block]
+            block.status = _advance(block.status, ev.status)
+            block.has_error = block.has_error or ev.has_error
+        case JobStarted() | JobCompleted() | JobFailed():
+            _apply_job(status, ev)
+    return _fingerprint(status, ev) != before
+
+
+def _apply_job(status: StatusResp, ev: JobStarted | JobCompleted | JobFailed) -> None:
+    job = _job(status, ev.block, ev.job)
+    if job is None:
+        return
+    if isinstance(ev, JobStarted):
+        job.status = _advance(job.status, "running")
+    elif isinstance(ev, JobCompleted):
+        job.status = _advance(job.status, "completed")
+    elif _RANK[job.status] < 2:
+        job.status = "failed"
+        job.error = ev.error
+        block = status.blocks[ev.block]
+        block.has_error = True
+        status.had_errors = True
+
+
+def _fingerprint(status: StatusResp, ev: Event) -> tuple[object, ...]:
+    """The parts of the StatusResp one event can touch."""
+    head = (status.verdict, status.reason, status.status, status.had_errors, status.was_es_stopped)
+    block_idx = getattr(ev, "block", None)
+    if block_idx is None or not 0 <= block_idx < len(status.blocks):
+        return head
+    block = status.blocks[block_idx]
+    job = _job(status, block_idx, getattr(ev, "job", -1))
+    return (*head, block.status, block.has_error, None if job is None else (job.status, job.error))

