@@ -122,9 +122,21 @@ class StatusApi:
     async def status(self, request: Request) -> bytes:
         wf_id = decode_id(request.data)
         try:
-            return (await self.kv.get(wf_id)).value
+            value = (await self.kv.get(wf_id)).value
         except nats.js.errors.KeyNotFoundError:
-            pass
+            return await self._fold_from_stream(wf_id)
+        status = status_decoder.decode(value)
+        if status.verdict != "pending":
+            return value
+        # The submitter may already hold the verdict the projection has not folded yet.
+        for verdict in ("approved", "rejected"):
+            msg = await last_event(self.js, f"wf.evt.{wf_id}.{verdict}")
+            if msg is not None:
+                fold.apply(status, event_decoder.decode(msg.data))
+                return encoder.encode(status)
+        return value
+
+    async def _fold_from_stream(self, wf_id: str) -> bytes:
         # Not projected yet (the projection lags by milliseconds): fold the stream directly.
         if await last_event(self.js, f"wf.evt.{wf_id}.submitted") is None:
             raise ApiError(404, f"unknown id {wf_id!r}")

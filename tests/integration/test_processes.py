@@ -1,0 +1,167 @@
+"""`wf up` as a supervisor: clean stop, restarts, and a workflow that survives its executor's death."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+
+from schemas import JobCompleted, JobStarted, event_decoder
+from services.common.bus import read_history
+from tests.conftest import REPO, eventually, start_system
+from wf import client
+
+pytestmark = pytest.mark.integration
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def pid_of(system, service: str) -> int:
+    for pid in descendants(system.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"services.{service}".encode() in cmdline:
+            return pid
+    raise AssertionError(f"no {service} process under wf up")
+
+
+def test_sigterm_stops_everything_and_exits_0(tmp_path):
+    system = start_system(tmp_path, "--runners", "2")
+    children = descendants(system.proc.pid)
+    assert len(children) >= 7  # nats-server, four services, two runners
+    assert system.stop() == 0
+    left = [pid for pid in children if alive(pid)]
+    assert not left, f"processes left behind: {left}"
+    assert not (system.data_dir / "client.env").exists(), "client.env must not outlive the system"
+
+
+async def test_a_killed_service_is_restarted(tmp_path):
+    system = start_system(tmp_path)
+    try:
+        old = pid_of(system, "intake")
+        os.kill(old, signal.SIGKILL)
+
+        async def restarted():
+            try:
+                return pid_of(system, "intake") != old
+            except AssertionError:
+                return False
+
+        await eventually(restarted, 15, what="a new intake process")
+        nc = await nats.connect(system.url)
+        try:
+            async def submits():
+                try:
+                    return await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
+                except Exception:
+                    return None
+
+            assert (await eventually(submits, 15, what="intake to answer again"))["verdict"] == "approved"
+        finally:
+            await nc.close()
+    finally:
+        assert system.stop() == 0
+
+
+async def test_a_workflow_survives_its_executor_being_killed_mid_block(tmp_path):
+    """kill -9 the executor while a block runs: the restarted executor resumes from WF_EVENTS."""
+    system = start_system(tmp_path, "--time-scale", "0.1", "--runners", "2")
+    nc = await nats.connect(system.url)
+    try:
+        body = {"name": "SleepDemo", "blocks": [
+            {"rate_limit": 2, "jobs": [{"name": "sleep", "args": {"seconds": "1"}}] * 6},
+            {"rate_limit": 3, "jobs": [{"name": "sleep", "args": {"seconds": "1"}}] * 3},
+        ]}
+        reply = await client.submit(nc, json.dumps(body).encode())
+        await client.execute(nc, reply["id"])
+        wf_id = reply["id"]
+        js = nc.jetstream()
+
+        async def two_jobs_done():
+            events = [event_decoder.decode(m.data) for m in await read_history(js, wf_id)]
+            return sum(isinstance(e, JobCompleted) for e in events) >= 2
+
+        await eventually(two_jobs_done, what="two jobs to complete")
+        os.kill(pid_of(system, "executor"), signal.SIGKILL)
+
+        async def ended():
+            status = await client.status(nc, wf_id)
+            return status if status["status"] in ("completed", "failed") else None
+
+        status = await eventually(ended, 40, what="the workflow to end after the executor's death")
+        assert status["status"] == "completed"
+        assert all(j["status"] == "completed" for b in status["blocks"] for j in b["jobs"])
+        events = [event_decoder.decode(m.data) for m in await read_history(js, wf_id)]
+        completed = [(e.block, e.job) for e in events if isinstance(e, JobCompleted)]
+        assert len(completed) == 9 and len(set(completed)) == 9, "a job completed twice or not at all"
+        started = [(e.block, e.job) for e in events if isinstance(e, JobStarted)]
+        assert len(started) == 9, "a job was dispatched again after the executor's restart"
+        assert "workflow_resumed" in system.log_path.read_text()
+    finally:
+        await nc.close()
+        assert system.stop() == 0
+
+
+def test_the_cli_walkthrough(system, tmp_path):
+    """README: `wf submit`, `wf exec`, `wf status --watch`, `wf status --json`, with client.env's URL."""
+    env = {**os.environ, "WF_NATS_URL": ""}
+    wf = [sys.executable, "-m", "wf.cli", "--data-dir", str(system.data_dir)]
+
+    def run(*args, stdin=None):
+        return subprocess.run([*wf, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60)
+
+    submitted = run("submit", str(REPO / "examples" / "sleep.json"))
+    assert submitted.returncode == 0, submitted.stderr
+    wf_id, verdict = submitted.stdout.split()
+    assert verdict == "approved"
+    assert run("exec", wf_id).stdout.strip() == wf_id
+    again = run("exec", wf_id)
+    assert again.returncode == 1 and "error 409" in again.stderr
+    watched = run("status", wf_id, "--watch")
+    assert watched.returncode == 0, watched.stderr
+    assert f"{wf_id}  SleepDemo  verdict=approved  status=completed" in watched.stdout
+    as_json = json.loads(run("status", wf_id, "--json").stdout)
+    assert as_json["id"] == wf_id and as_json["status"] == "completed"
+
+    rejected = run("submit", "-", stdin=json.dumps({"name": "Nope", "blocks": [{"jobs": [{"name": "sleep", "args": {"seconds": "1"}}]}]}))
+    assert rejected.returncode == 1 and "error 400: no policy for WorkReq name 'Nope'" in rejected.stderr
+    rejected_id = rejected.stdout.split()[0]
+    watch_rejected = run("status", rejected_id, "--watch")
+    assert watch_rejected.returncode == 1
+    assert run("status", "01JZZZZZZZZZZZZZZZZZZZZZZZ").returncode == 1

@@ -1,0 +1,105 @@
+import itertools
+import random
+
+from schemas import (
+    Approved,
+    BlockEnded,
+    BlockStarted,
+    ExecRequested,
+    JobCompleted,
+    JobFailed,
+    JobStarted,
+    Rejected,
+    Submitted,
+    WorkflowEnded,
+    WorkflowStarted,
+    encoder,
+    workreq_decoder,
+)
+from services.status.fold import apply, new_status
+
+REQ = workreq_decoder.decode(
+    b'{"name": "N", "desc": "d", "blocks": ['
+    b'{"desc": "b0", "jobs": [{"name": "sleep", "args": {"seconds": "1"}}, {"name": "sleep", "args": {"seconds": "2"}}]},'
+    b'{"desc": "b1", "jobs": [{"name": "sleep", "args": {"seconds": "3"}}]}]}'
+)
+
+
+def history(fail_job=False):
+    t = 0.0
+    evs = [Submitted(id="W", at=t, req=REQ), Approved(id="W", at=t), ExecRequested(id="W", at=t), WorkflowStarted(id="W", at=t)]
+    evs += [BlockStarted(id="W", at=t, block=0), JobStarted(id="W", at=t, block=0, job=0), JobStarted(id="W", at=t, block=0, job=1)]
+    evs.append(JobCompleted(id="W", at=t, block=0, job=0))
+    if fail_job:
+        evs.append(JobFailed(id="W", at=t, block=0, job=1, error="disk on fire"))
+        evs.append(BlockEnded(id="W", at=t, block=0, status="failed", has_error=True))
+    else:
+        evs.append(JobCompleted(id="W", at=t, block=0, job=1))
+        evs.append(BlockEnded(id="W", at=t, block=0, status="completed"))
+    evs += [BlockStarted(id="W", at=t, block=1), JobStarted(id="W", at=t, block=1, job=0), JobCompleted(id="W", at=t, block=1, job=0)]
+    evs.append(BlockEnded(id="W", at=t, block=1, status="completed"))
+    evs.append(WorkflowEnded(id="W", at=t, status="failed" if fail_job else "completed", had_errors=fail_job))
+    return evs
+
+
+def fold(events):
+    status = new_status(events[0])
+    for ev in events:
+        apply(status, ev)
+    return status
+
+
+def test_an_in_order_history_gives_the_full_status():
+    status = fold(history())
+    assert (status.id, status.name, status.desc, status.verdict, status.status) == ("W", "N", "d", "approved", "completed")
+    assert [b.status for b in status.blocks] == ["completed", "completed"]
+    assert [j.status for b in status.blocks for j in b.jobs] == ["completed"] * 3
+    assert status.blocks[0].jobs[1].args == {"seconds": "2"}
+    assert not status.had_errors
+
+
+def test_a_failed_job_marks_its_block_and_the_workflow():
+    status = fold(history(fail_job=True))
+    assert status.status == "failed" and status.had_errors
+    assert status.blocks[0].has_error and status.blocks[0].status == "failed"
+    assert status.blocks[0].jobs[1].error == "disk on fire"
+    assert status.blocks[1].status == "completed" and not status.blocks[1].has_error
+
+
+def test_duplicated_events_change_nothing():
+    events = history(fail_job=True)
+    once = encoder.encode(fold(events))
+    status = fold(events)
+    assert not any(apply(status, ev) for ev in events)  # applying everything again reports no change
+    assert encoder.encode(status) == once
+    doubled = [ev for ev in events for _ in range(2)]
+    assert encoder.encode(fold(doubled)) == once
+
+
+def test_any_order_of_the_same_events_gives_the_same_status():
+    for failed in (False, True):
+        events = history(fail_job=failed)
+        expected = encoder.encode(fold(events))
+        rng = random.Random(7)
+        for _ in range(200):
+            rest = events[1:]
+            rng.shuffle(rest)
+            assert encoder.encode(fold([events[0], *rest])) == expected
+
+
+def test_a_later_start_never_moves_a_finished_job_back():
+    status = fold(history())
+    assert not apply(status, JobStarted(id="W", at=9, block=0, job=0, attempt=2))
+    assert status.blocks[0].jobs[0].status == "completed"
+
+
+def test_first_verdict_wins():
+    for first, second in itertools.permutations([Approved(id="W", at=0), Rejected(id="W", at=0, reason="no")]):
+        status = fold([Submitted(id="W", at=0, req=REQ), first, second])
+        assert status.verdict == ("approved" if isinstance(first, Approved) else "rejected")
+
+
+def test_events_for_jobs_outside_the_workreq_are_ignored():
+    status = fold(history()[:4])
+    assert not apply(status, JobCompleted(id="W", at=0, block=5, job=0))
+    assert not apply(status, JobCompleted(id="W", at=0, block=0, job=9))

@@ -1,0 +1,41 @@
+import pytest
+
+from services.jobs import ArgError, JobRegistry, builtin_jobs
+from services.jobs.sleep import SleepJob
+
+
+@pytest.fixture
+def jobs():
+    return JobRegistry(builtin_jobs())
+
+
+def test_sleep_accepts_whole_seconds(jobs):
+    jobs.validate("sleep", {"seconds": "60"})
+    jobs.validate("sleep", {"seconds": "1"})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "x", "", " "])
+def test_sleep_refuses_anything_but_an_integer_of_at_least_one(jobs, value):
+    with pytest.raises(ArgError) as err:
+        jobs.validate("sleep", {"seconds": value})
+    assert err.value.arg == "seconds"
+
+
+def test_unknown_missing_and_extra_arguments_name_the_argument(jobs):
+    with pytest.raises(ArgError) as err:
+        jobs.validate("sleep", {})
+    assert err.value.arg == "seconds" and "missing" in err.value.message
+    with pytest.raises(ArgError) as err:
+        jobs.validate("sleep", {"seconds": "1", "minutes": "2"})
+    assert err.value.arg == "minutes" and "unknown argument" in err.value.message
+
+
+def test_an_unknown_job_is_refused_listing_the_registered_ones(jobs):
+    with pytest.raises(ArgError) as err:
+        jobs.validate("eraseEverything", {})
+    assert err.value.arg == "" and "'eraseEverything'" in err.value.message and "sleep" in err.value.message
+
+
+def test_a_name_registered_twice_is_refused():
+    with pytest.raises(ValueError, match="registered twice"):
+        JobRegistry([SleepJob(), SleepJob()])

@@ -1,0 +1,158 @@
+"""The executor's decisions: rate limits, Block order, the seed's failure semantics, resume."""
+
+import json
+
+from schemas import (
+    BlockEnded,
+    BlockStarted,
+    JobCompleted,
+    JobFailed,
+    JobStarted,
+    WorkflowEnded,
+    WorkflowStarted,
+    workreq_decoder,
+)
+from services.executor.progress import WorkflowProgress
+
+
+def make(blocks, max_failures=None):
+    """blocks: list of (rate_limit, number_of_jobs)."""
+    body = {
+        "name": "N",
+        "max_failures": max_failures,
+        "blocks": [{"rate_limit": r, "jobs": [{"name": "sleep", "args": {"seconds": "1"}}] * n} for r, n in blocks],
+    }
+    return WorkflowProgress("W", workreq_decoder.decode(json.dumps(body).encode()))
+
+
+def step(p):
+    d = p.decide(now=0.0)
+    p.commit(d)
+    return d
+
+
+def finish(p, block, job, ok=True, fatal=False):
+    p.apply(JobStarted(id="W", at=0, block=block, job=job))
+    if ok:
+        p.apply(JobCompleted(id="W", at=0, block=block, job=job))
+    else:
+        p.apply(JobFailed(id="W", at=0, block=block, job=job, error="e", fatal=fatal))
+
+
+def kinds(decision):
+    return [type(ev).__name__ for ev in decision.events]
+
+
+def test_first_decision_starts_the_workflow_and_fills_the_rate_limit_in_job_order():
+    p = make([(3, 7), (2, 2)])
+    d = step(p)
+    assert kinds(d) == ["WorkflowStarted", "BlockStarted"]
+    assert d.dispatch == [(0, 0), (0, 1), (0, 2)]
+    assert not step(p)  # nothing more until a job ends
+
+
+def test_each_finished_job_frees_one_slot_and_never_more_than_the_limit_run():
+    p = make([(3, 7)])
+    step(p)
+    finish(p, 0, 1)
+    assert step(p).dispatch == [(0, 3)]
+    finish(p, 0, 0)
+    finish(p, 0, 2)
+    assert step(p).dispatch == [(0, 4), (0, 5)]
+    in_flight = sum(j.in_flight for j in p.jobs[0])
+    assert in_flight == 3
+
+
+def test_a_rate_limit_below_one_runs_one_at_a_time():
+    p = make([(0, 3)])
+    assert step(p).dispatch == [(0, 0)]
+    finish(p, 0, 0)
+    assert step(p).dispatch == [(0, 1)]
+
+
+def test_blocks_run_one_after_another():
+    p = make([(5, 2), (5, 2)])
+    d = step(p)
+    assert all(b == 0 for b, _ in d.dispatch)
+    finish(p, 0, 0)
+    assert not step(p)  # block 1 waits for the last job of block 0
+    finish(p, 0, 1)
+    d = step(p)
+    assert kinds(d) == ["BlockEnded", "BlockStarted"]
+    assert d.events[0].status == "completed" and d.events[1].block == 1
+    assert d.dispatch == [(1, 0), (1, 1)]
+    finish(p, 1, 0)
+    finish(p, 1, 1)
+    d = step(p)
+    assert kinds(d) == ["BlockEnded", "WorkflowEnded"]
+    assert d.events[1].status == "completed" and not d.events[1].had_errors
+    assert not step(p)  # an ended workflow decides nothing
+
+
+def test_a_non_fatal_failure_lets_the_block_finish_and_later_blocks_run():
+    p = make([(5, 3), (5, 1)])
+    step(p)
+    finish(p, 0, 0, ok=False)
+    finish(p, 0, 1)
+    finish(p, 0, 2)
+    d = step(p)
+    assert d.events[0].status == "failed" and d.events[0].has_error
+    assert d.dispatch == [(1, 0)]
+    finish(p, 1, 0)
+    d = step(p)
+    assert d.events[-1].status == "failed" and d.events[-1].had_errors
+
+
+def test_a_fatal_failure_stops_dispatch_waits_for_running_jobs_and_starts_no_later_block():
+    p = make([(2, 5), (5, 1)])
+    step(p)  # jobs 0 and 1 dispatched
+    finish(p, 0, 0, ok=False, fatal=True)
+    assert not step(p).dispatch  # job 1 still running: nothing new, the block does not end yet
+    finish(p, 0, 1)
+    d = step(p)
+    assert kinds(d) == ["BlockEnded", "WorkflowEnded"]
+    assert d.events[0].status == "failed" and d.events[1].status == "failed"
+    assert not any(job.dispatched for job in p.jobs[0][2:])  # the rest never ran
+    assert not any(job.dispatched for job in p.jobs[1])
+
+
+def test_past_the_failure_budget_nothing_more_is_dispatched():
+    p = make([(1, 4)], max_failures=1)
+    step(p)
+    finish(p, 0, 0, ok=False)
+    assert step(p).dispatch == [(0, 1)]  # one failure is within a budget of 1
+    finish(p, 0, 1, ok=False)
+    d = step(p)
+    assert not d.dispatch and kinds(d) == ["BlockEnded", "WorkflowEnded"]
+
+
+def test_a_rebuilt_workflow_resumes_without_dispatching_anything_twice():
+    """The history of a workflow whose executor died mid-block, replayed into a fresh progress."""
+    history = [
+        WorkflowStarted(id="W", at=0),
+        BlockStarted(id="W", at=0, block=0),
+        BlockEnded(id="W", at=0, block=0, status="completed"),
+        BlockStarted(id="W", at=0, block=1),
+        JobStarted(id="W", at=0, block=1, job=0),
+        JobCompleted(id="W", at=0, block=1, job=0),
+        JobStarted(id="W", at=0, block=1, job=1),
+    ]
+    p = make([(2, 1), (2, 4)])
+    for ev in history:
+        p.apply(ev)
+    p.mark_dispatched(1, 2)  # its command is still waiting in the work queue
+    d = step(p)
+    assert not d.events  # no second workflow or block start
+    assert d.dispatch == []  # jobs 1 and 2 are in flight: the limit of 2 is reached
+    finish(p, 1, 1)
+    assert step(p).dispatch == [(1, 3)]
+
+
+def test_replaying_its_own_events_changes_no_decision():
+    p = make([(2, 3)])
+    d = step(p)
+    for ev in d.events:
+        p.apply(ev)
+    assert not step(p)
+    p.apply(WorkflowEnded(id="W", at=0, status="completed"))
+    assert not step(p)
