@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from nats.aio.client import Client
 
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
@@ -35,7 +36,7 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-async def _connect(args: argparse.Namespace) -> nats.aio.client.Client:
+async def _connect(args: argparse.Namespace) -> Client:
     url = client.nats_url(Path(args.data_dir))
     try:
         return await nats.connect(url, name="wf-cli", allow_reconnect=False, connect_timeout=3)
@@ -100,7 +101,7 @@ def _finished(status: dict) -> bool:  # type: ignore[type-arg]
     return status["status"] in TERMINAL or status["verdict"] == "rejected"
 
 
-async def watch(nc: nats.aio.client.Client, wf_id: str, status: dict, *, as_json: bool = False) -> dict:  # type: ignore[type-arg]
+async def watch(nc: Client, wf_id: str, status: dict, *, as_json: bool = False) -> dict:  # type: ignore[type-arg]
     """Follow a workflow's StatusResp in KV `wf_status` until it ends; returns the final one."""
     tty = sys.stdout.isatty() and not as_json
     shown = ""

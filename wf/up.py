@@ -93,7 +93,7 @@ class Supervised:
             log.warning("process_died", process=self.name, returncode=rc, restart_in_s=backoff_s)
             try:
                 await asyncio.wait_for(stopping.wait(), backoff_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def terminate(self) -> None:
@@ -103,7 +103,7 @@ class Supervised:
         proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("process_killed", process=self.name, pid=proc.pid)
             proc.kill()
             await proc.wait()
@@ -141,7 +141,7 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
         while (left := end - loop.time()) > 0:
             try:
                 msg = await sub.next_msg(timeout=left)
-            except Exception:
+            except asyncio.TimeoutError:
                 break
             try:
                 info = json.loads(msg.data)

@@ -12,11 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import structlog
 from nats.micro.request import Request
 from nats.micro.service import Endpoint, Service
-
-import msgspec
 
 from schemas import encoder, id_request_decoder
 
@@ -94,7 +93,7 @@ class ConcurrentEndpoint:
         if self.endpoint is not None:
             # The framework counts only exceptions raised by the callback; ours run in tasks.
             self.endpoint._num_errors += 1
-            self.endpoint._last_error = f"{err.code}:{err.message}"
+            self.endpoint._last_error = f"{err.code}:{err.message}"  # type: ignore[assignment]
         try:
             await respond_error(request, err)
         except Exception:

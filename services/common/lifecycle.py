@@ -74,7 +74,7 @@ async def fetch_batches(
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch, timeout=idle_s)
-        except asyncio.TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
+        except TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
             continue
         except nats.errors.Error as exc:
             log.warning("fetch_failed", error=repr(exc))
@@ -92,7 +92,7 @@ async def shutdown(nc: Client, *pull_subs: JetStreamContext.PullSubscription, ti
             pass
     try:
         await asyncio.wait_for(nc.drain(), timeout_s)
-    except (asyncio.TimeoutError, nats.errors.Error):
+    except (TimeoutError, nats.errors.Error):
         log.warning("drain_incomplete")
     finally:
         if not nc.is_closed:

@@ -56,39 +56,24 @@ def stream_configs() -> list[StreamConfig]:
 
 
 def consumer_configs() -> dict[str, list[ConsumerConfig]]:
-    explicit = {"ack_policy": AckPolicy.EXPLICIT, "deliver_policy": DeliverPolicy.ALL}
+    def durable(name: str, filter_subject: str, ack_wait_s: float, max_ack_pending: int) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=name,
+            filter_subject=filter_subject,
+            ack_wait=ack_wait_s,
+            max_ack_pending=max_ack_pending,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+
     return {
         EVENTS_STREAM: [
-            ConsumerConfig(
-                durable_name=POLICY_CONSUMER,
-                filter_subject="wf.evt.*.submitted",
-                ack_wait=30.0,
-                max_ack_pending=1000,
-                **explicit,
-            ),
-            ConsumerConfig(
-                durable_name=EXECUTOR_CONSUMER,
-                filter_subject="wf.evt.*.exec_requested",
-                ack_wait=EXECUTOR_ACK_WAIT_S,
-                max_ack_pending=20000,
-                **explicit,
-            ),
-            ConsumerConfig(
-                durable_name=STATUS_CONSUMER,
-                filter_subject="wf.evt.>",
-                ack_wait=30.0,
-                max_ack_pending=20000,
-                **explicit,
-            ),
+            durable(POLICY_CONSUMER, "wf.evt.*.submitted", 30.0, 1000),
+            durable(EXECUTOR_CONSUMER, "wf.evt.*.exec_requested", EXECUTOR_ACK_WAIT_S, 20000),
+            durable(STATUS_CONSUMER, "wf.evt.>", 30.0, 20000),
         ],
         JOBS_STREAM: [
-            ConsumerConfig(
-                durable_name=RUNNER_CONSUMER,
-                filter_subject="wf.cmd.job.>",
-                ack_wait=RUNNER_ACK_WAIT_S,
-                max_ack_pending=20000,
-                **explicit,
-            ),
+            durable(RUNNER_CONSUMER, "wf.cmd.job.>", RUNNER_ACK_WAIT_S, 20000),
         ],
     }
 

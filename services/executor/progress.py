@@ -127,8 +127,9 @@ class WorkflowProgress:
             if in_flight or not (halted or all(job.dispatched for job in jobs)):
                 return out  # the block is still running
             has_error = any(job.status == "failed" for job in jobs)
-            status = "failed" if has_error else "completed"
-            out.events.append(BlockEnded(id=self.id, at=at, block=b, status=status, has_error=has_error))
+            out.events.append(
+                BlockEnded(id=self.id, at=at, block=b, status="failed" if has_error else "completed", has_error=has_error)
+            )
             if halted:
                 break  # a fatal failure or a spent failure budget: no later block starts
         had_errors = self.failures > 0

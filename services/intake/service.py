@@ -84,11 +84,11 @@ class Intake:
         try:
             try:
                 await publish_event(self.js, Submitted(id=wf_id, at=time.time(), req=req))
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:
                 raise ApiError(503, f"could not record the submission, nothing was stored: {exc!r}") from None
             try:
                 msg = await asyncio.wait_for(verdict, timeout=self.settings.verdict_wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return encoder.encode(SubmitReply(id=wf_id, verdict="pending"))
         finally:
             self.waiters.forget(wf_id)
@@ -111,7 +111,7 @@ class Intake:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise ApiError(409, f"workflow {wf_id} is already executing or executed") from None
             raise ApiError(503, f"could not record the exec request: {exc.description}") from None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise ApiError(503, f"could not record the exec request: {exc!r}") from None
         return encoder.encode(IdReply(id=wf_id))
 

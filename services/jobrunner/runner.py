@@ -44,19 +44,22 @@ async def keep_alive(msg: Msg) -> None:
 
 async def run_job(jobs: JobRegistry, cmd: JobCommand, ctx: JobContext) -> JobCompleted | JobFailed:
     job = jobs.get(cmd.name)
-    ids = {"id": cmd.id, "block": cmd.block, "job": cmd.job, "attempt": ctx.attempt}
+
+    def failed(error: str, fatal: bool) -> JobFailed:
+        return JobFailed(id=cmd.id, block=cmd.block, job=cmd.job, attempt=ctx.attempt, at=time.time(), error=error, fatal=fatal)
+
     if job is None:
-        return JobFailed(**ids, at=time.time(), error=f"unknown job {cmd.name!r}", fatal=True)
+        return failed(f"unknown job {cmd.name!r}", True)
     try:
         await job.run(cmd.args, ctx)
     except JobError as err:
-        return JobFailed(**ids, at=time.time(), error=err.message, fatal=err.fatal)
+        return failed(err.message, err.fatal)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a job's own bug fails the job, never the runner
         log.exception("job_crashed")
-        return JobFailed(**ids, at=time.time(), error=f"job crashed: {exc!r}", fatal=False)
-    return JobCompleted(**ids, at=time.time())
+        return failed(f"job crashed: {exc!r}", False)
+    return JobCompleted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=ctx.attempt, at=time.time())
 
 
 async def handle_command(msg: Msg, js: JetStreamContext, jobs: JobRegistry, time_scale: float) -> None:

@@ -51,7 +51,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             continue
         try:
             msgs = await sub.fetch(min(free, FETCH_MAX), timeout=1.0)
-        except asyncio.TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
+        except TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
             continue
         except nats.errors.Error as exc:
             log.warning("fetch_failed", error=repr(exc))

@@ -86,7 +86,8 @@ class PolicyConfig:
 def json_stream(text: str) -> list[Any]:
     """A stream of JSON values, separated by white space (JSON lines, or pretty-printed objects)."""
     decoder = json.JSONDecoder()
-    values, pos = [], 0
+    values: list[Any] = []
+    pos = 0
     while True:
         while pos < len(text) and text[pos].isspace():
             pos += 1

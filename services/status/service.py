@@ -51,6 +51,8 @@ class Projection:
             entry = await self.kv.get(wf_id)
         except nats.js.errors.KeyNotFoundError:
             return None, 0
+        if not entry.value or entry.revision is None:
+            return None, 0
         return status_decoder.decode(entry.value), entry.revision
 
     async def seed(self, wf_id: str) -> StatusResp | None:
@@ -124,6 +126,8 @@ class StatusApi:
         try:
             value = (await self.kv.get(wf_id)).value
         except nats.js.errors.KeyNotFoundError:
+            value = None
+        if not value:
             return await self._fold_from_stream(wf_id)
         status = status_decoder.decode(value)
         if status.verdict != "pending":

@@ -16,6 +16,7 @@ from schemas import JobCompleted, JobStarted, event_decoder
 from services.common.bus import read_history
 from tests.conftest import REPO, eventually, start_system
 from wf import client
+from wf.up import find_nats_server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +166,64 @@ def test_the_cli_walkthrough(system, tmp_path):
     watch_rejected = run("status", rejected_id, "--watch")
     assert watch_rejected.returncode == 1
     assert run("status", "01JZZZZZZZZZZZZZZZZZZZZZZZ").returncode == 1
+
+
+async def test_a_submit_while_policy_is_stalled_is_pending_then_decided(tmp_path):
+    system = start_system(tmp_path)
+    policy = pid_of(system, "policy")
+    nc = await nats.connect(system.url)
+    try:
+        os.kill(policy, signal.SIGSTOP)
+        try:
+            reply = await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
+            assert reply["verdict"] == "pending"
+            with pytest.raises(client.WfError) as err:
+                await client.execute(nc, reply["id"])
+            assert err.value.code == 412 and "pending" in err.value.message
+        finally:
+            os.kill(policy, signal.SIGCONT)
+
+        async def approved():
+            return (await client.status(nc, reply["id"]))["verdict"] == "approved"
+
+        await eventually(approved, what="the verdict after policy resumed")
+        assert await client.execute(nc, reply["id"]) == {"id": reply["id"]}
+    finally:
+        await nc.close()
+        assert system.stop() == 0
+
+
+async def test_wf_up_uses_an_external_server_with_nats_url(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([find_nats_server(None), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        data_dir = tmp_path / "data"
+        proc = subprocess.Popen([sys.executable, "-m", "wf.cli", "up", "--nats-url", url, "--data-dir", str(data_dir),
+                                 "--config-dir", str(REPO / "configs"), "--time-scale", "0"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            async def ready():
+                return (data_dir / "client.env").exists()
+
+            await eventually(ready, 60, what="client.env")
+            assert (data_dir / "client.env").read_text() == f"WF_NATS_URL={url}\n"
+            nc = await nats.connect(url)
+            try:
+                reply = await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
+                await client.execute(nc, reply["id"])
+
+                async def done():
+                    return (await client.status(nc, reply["id"]))["status"] == "completed"
+
+                await eventually(done, what="the workflow on the external server")
+            finally:
+                await nc.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        assert server.poll() is None, "wf up must leave a server it did not start running"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -5,6 +5,7 @@ import pytest
 from schemas import workreq_decoder
 from services.jobs import JobRegistry, builtin_jobs
 from services.policy.decide import decide
+from services.policy.policies.restrict_job_types import RestrictJobTypes
 from services.policy.registry import (
     ConfigError,
     PolicyRegistry,
@@ -12,7 +13,6 @@ from services.policy.registry import (
     load_policy_config,
     parse_policy_config,
 )
-from services.policy.policies.restrict_job_types import RestrictJobTypes
 
 REPO = Path(__file__).resolve().parents[2]
 
