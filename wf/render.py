@@ -37,7 +37,7 @@ def render(status: dict[str, Any]) -> str:
     for b, block in enumerate(status["blocks"]):
         jobs = block["jobs"]
         err = "  has_error" if block["has_error"] else ""
-        lines.append(f"  block {b} {_bar(jobs)} {block['status']:<11} {_counts(jobs):<28} {block['desc']}{err}")
+        lines.append(f"  block {b:>2} {_bar(jobs)} {block['status']:<11} {_counts(jobs):<28} {block['desc']}{err}")
         if block["status"] == "running" or (block["has_error"] and status["status"] in TERMINAL):
             for j, job in enumerate(jobs):
                 if block["status"] != "running" and job["status"] != "failed":

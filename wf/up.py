@@ -35,6 +35,7 @@ class UpOptions:
     nats_server: str | None = None
     data_dir: Path = Path(".wf")
     config_dir: Path = Path("configs")
+    inventory_dir: Path | None = None
     time_scale: float = 1.0
     runners: int = 1
     log_level: str = "info"
@@ -185,6 +186,8 @@ class System:
             WF_LOG_LEVEL=self.opts.log_level,
             PYTHONUNBUFFERED="1",
         )
+        if self.opts.inventory_dir is not None:
+            env["WF_INVENTORY_DIR"] = str(self.opts.inventory_dir.resolve())
         env.update(self.opts.extra_env)
         return env
 

@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class Settings:
     nats_url: str = DEFAULT_NATS_URL
     config_dir: Path = REPO_ROOT / "configs"
+    inventory_dir: Path = REPO_ROOT / "data"
     time_scale: float = 1.0
     verdict_wait_s: float = 2.0
     exec_window_s: float = 3600.0
@@ -27,6 +28,7 @@ class Settings:
         return cls(
             nats_url=env.get("WF_NATS_URL", DEFAULT_NATS_URL),
             config_dir=Path(env.get("WF_CONFIG_DIR", str(REPO_ROOT / "configs"))),
+            inventory_dir=Path(env.get("WF_INVENTORY_DIR", str(REPO_ROOT / "data"))),
             time_scale=float(env.get("WF_TIME_SCALE", "1")),
             verdict_wait_s=float(env.get("WF_VERDICT_WAIT_S", "2")),
             exec_window_s=float(env.get("WF_EXEC_WINDOW_S", "3600")),

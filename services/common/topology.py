@@ -20,6 +20,8 @@ EVENTS_STREAM = "WF_EVENTS"
 JOBS_STREAM = "WF_JOBS"
 STATUS_BUCKET = "wf_status"
 ES_BUCKET = "wf_es"
+BUCKETS_BUCKET = "wf_buckets"
+CONFIG_BUCKET = "wf_config"
 
 POLICY_CONSUMER = "policy"
 EXECUTOR_CONSUMER = "executor"
@@ -88,5 +90,5 @@ async def ensure_topology(js: JetStreamContext) -> None:
     for stream, consumers in consumer_configs().items():
         for consumer in consumers:
             await js.add_consumer(stream, consumer)
-    for bucket in (STATUS_BUCKET, ES_BUCKET):
+    for bucket in (STATUS_BUCKET, ES_BUCKET, BUCKETS_BUCKET, CONFIG_BUCKET):
         await js.create_key_value(bucket=bucket, history=1, direct=True)

@@ -7,6 +7,7 @@ one of any number of concurrent execs of an id through, whichever intake replica
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import msgspec
@@ -17,6 +18,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from schemas import (
@@ -32,8 +34,10 @@ from schemas import (
 from services.common.bus import connect, last_event, publish_event
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.ids import new_id
-from services.common.lifecycle import shutdown
+from services.common.lifecycle import shutdown, when_ready
 from services.common.settings import Settings
+from services.common.topology import CONFIG_BUCKET
+from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 log = structlog.get_logger()
 VERSION = "0.1.0"
@@ -67,17 +71,44 @@ class VerdictWaiters:
         self._waiting.pop(wf_id, None)
 
 
+class PolicyConfigState:
+    """Whether the policy configuration is usable, as wf-policy last wrote it to KV `wf_config`."""
+
+    def __init__(self) -> None:
+        self.error = ""
+
+    async def follow(self, kv: KeyValue, stop: asyncio.Event) -> None:
+        watcher = await kv.watch(POLICY_STATE_KEY)
+        try:
+            while not stop.is_set():
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                if entry is None or not entry.value:
+                    continue
+                try:
+                    self.error = "" if (state := json.loads(entry.value)).get("ok") else str(state.get("error", "invalid"))
+                except (ValueError, AttributeError):
+                    log.warning("bad_policy_state_ignored")
+        finally:
+            await watcher.stop()
+
+
 class Intake:
-    def __init__(self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters) -> None:
+    def __init__(self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState) -> None:
         self.js = js
         self.settings = settings
         self.waiters = waiters
+        self.policy_state = policy_state
 
     async def submit(self, request: Request) -> bytes:
         try:
             req = workreq_decoder.decode(request.data)
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"not a valid WorkReq: {exc}") from None
+        if self.policy_state.error:
+            raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
         wf_id = new_id()
         structlog.contextvars.bind_contextvars(workflow_id=wf_id)
         verdict = self.waiters.expect(wf_id)
@@ -139,7 +170,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     waiters = VerdictWaiters()
     await waiters.subscribe(nc)
-    intake = Intake(js, settings, waiters)
+    policy_state = PolicyConfigState()
+    config_kv = await when_ready(lambda: js.key_value(CONFIG_BUCKET), stop, what=CONFIG_BUCKET)
+    follow_task = asyncio.create_task(policy_state.follow(config_kv, stop))
+    intake = Intake(js, settings, waiters, policy_state)
     service = await nats.micro.add_service(nc, name="wf-intake", version=VERSION, description="takes WorkReqs and exec requests")
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),
@@ -148,6 +182,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     for ep in endpoints:
         await ep.register(service, f"wf.api.{ep.name}")
     await stop.wait()
+    await follow_task
     await service.stop()
     for ep in endpoints:
         await ep.drain()

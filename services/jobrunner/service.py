@@ -14,10 +14,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common.bus import connect
-from services.common.lifecycle import bind_durable, shutdown
+from services.buckets import BucketStore
+from services.common.lifecycle import bind_durable, shutdown, when_ready
 from services.common.settings import Settings
-from services.common.topology import JOBS_STREAM, RUNNER_CONSUMER
-from services.jobs import JobRegistry, builtin_jobs
+from services.common.startup import job_registry_or_exit
+from services.common.topology import BUCKETS_BUCKET, JOBS_STREAM, RUNNER_CONSUMER
+from services.jobs import JobRegistry
 
 from .runner import handle_command
 
@@ -38,9 +40,10 @@ async def guarded(msg: Msg, js: JetStreamContext, jobs: JobRegistry, time_scale:
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    jobs = JobRegistry(builtin_jobs())
     nc = await connect(settings.nats_url, "wf-jobrunner")
     js = nc.jetstream()
+    buckets_kv = await when_ready(lambda: js.key_value(BUCKETS_BUCKET), stop, what=BUCKETS_BUCKET)
+    jobs = job_registry_or_exit(settings, BucketStore(buckets_kv))
     service = await nats.micro.add_service(nc, name="wf-jobrunner", version=VERSION, description="runs registered jobs")
     sub = await bind_durable(js, JOBS_STREAM, RUNNER_CONSUMER, stop)
     running: set[asyncio.Task[None]] = set()

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Protocol
 
 import structlog
+
+from services.buckets import BucketConfig, BucketStore
+from services.inventory import InventorySource
 
 
 class ArgError(ValueError):
@@ -65,12 +69,19 @@ class JobRegistry:
     def __init__(self, jobs: Iterable[Job]) -> None:
         self._jobs: dict[str, Job] = {}
         for job in jobs:
-            if job.name in self._jobs:
-                raise ValueError(f"job {job.name!r} is registered twice")
-            self._jobs[job.name] = job
+            self.add(job)
+
+    def add(self, job: Job) -> None:
+        if job.name in self._jobs:
+            raise ValueError(f"job {job.name!r} is registered twice")
+        self._jobs[job.name] = job
 
     def get(self, name: str) -> Job | None:
         return self._jobs.get(name)
+
+    def declared_args(self, name: str) -> frozenset[str]:
+        job = self._jobs[name]
+        return job.mandatory_args | job.optional_args
 
     def names(self) -> list[str]:
         return sorted(self._jobs)
@@ -89,7 +100,38 @@ class JobRegistry:
         job.validate(args)
 
 
-def builtin_jobs() -> list[Job]:
-    from . import sleep
+@dataclass(frozen=True, kw_only=True)
+class JobEnv:
+    """What jobs are built with. `bucket_store` is set only where jobs run (runners), never needed to validate."""
 
-    return [sleep.SleepJob()]
+    inventory: InventorySource
+    buckets: Mapping[str, BucketConfig]
+    bucket_store: BucketStore | None = None
+
+
+def builtin_jobs(env: JobEnv) -> list[Job]:
+    from . import disk_erase, sleep, token_bucket, validate_decom
+
+    return [
+        disk_erase.DiskEraseJob(env.inventory),
+        sleep.SleepJob(),
+        token_bucket.TokenBucketJob(env.buckets, env.bucket_store),
+        validate_decom.ValidateDecomJob(env.inventory),
+    ]
+
+
+JOBS_ENTRY_POINTS = "wf.jobs"
+
+
+def load_jobs(env: JobEnv) -> JobRegistry:
+    """The built-in jobs plus those of installed packages (entry-point group `wf.jobs`: each entry
+    is a callable taking a JobEnv and returning a job). A name registered twice is refused."""
+    registry = JobRegistry(builtin_jobs(env))
+    for entry_point in sorted(entry_points(group=JOBS_ENTRY_POINTS), key=lambda ep: ep.name):
+        job = entry_point.load()(env)
+        if registry.get(job.name) is not None:
+            raise ValueError(
+                f"job {job.name!r} from entry point {entry_point.name!r} ({entry_point.value}) is already registered"
+            )
+        registry.add(job)
+    return registry

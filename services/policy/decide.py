@@ -1,11 +1,13 @@
-"""The verdict on a WorkReq: pure, no I/O, so unit tests call it directly."""
+"""The verdict on a WorkReq: no I/O, so unit tests call it directly."""
 
 from __future__ import annotations
 
-from schemas import WorkReq
+import asyncio
+
+from schemas import WorkReq, encoder, workreq_decoder
 from services.jobs import ArgError, JobRegistry
 
-from .registry import PolicyConfig, PolicyViolation
+from .registry import NamedCheck, PolicyConfig, PolicyViolation
 
 
 def validate_jobs(req: WorkReq, jobs: JobRegistry) -> str | None:
@@ -22,17 +24,26 @@ def validate_jobs(req: WorkReq, jobs: JobRegistry) -> str | None:
     return None
 
 
-def decide(req: WorkReq, jobs: JobRegistry, config: PolicyConfig) -> str | None:
-    """None when approved, else the reason for rejecting."""
+def _run_check(named: NamedCheck, req_json: bytes) -> str | None:
+    """One policy on its own copy of the WorkReq, so no policy can change what another sees."""
+    try:
+        named.check(workreq_decoder.decode(req_json))
+    except PolicyViolation as violation:
+        return f"policy({named.name}) violation: {violation.detail}"
+    return None
+
+
+async def decide(req: WorkReq, jobs: JobRegistry, config: PolicyConfig) -> str | None:
+    """None when approved, else the reason for rejecting.
+
+    The policies run concurrently (each in a worker thread); when several are violated, the first
+    in the configured order is reported, so the reason does not depend on timing."""
     invalid = validate_jobs(req, jobs)
     if invalid:
         return invalid
     checks = config.by_name.get(req.name)
     if checks is None:
         return f"no policy for WorkReq name {req.name!r}"
-    for named in checks:
-        try:
-            named.check(req)
-        except PolicyViolation as violation:
-            return f"policy({named.name}) violation: {violation.detail}"
-    return None
+    req_json = encoder.encode(req)
+    results = await asyncio.gather(*(asyncio.to_thread(_run_check, named, req_json) for named in checks))
+    return next((reason for reason in results if reason is not None), None)

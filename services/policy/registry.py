@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,9 +42,12 @@ class PolicyRegistry:
     def __init__(self, policies: Iterable[Policy]) -> None:
         self._policies: dict[str, Policy] = {}
         for policy in policies:
-            if policy.name in self._policies:
-                raise ValueError(f"policy {policy.name!r} is registered twice")
-            self._policies[policy.name] = policy
+            self.add(policy)
+
+    def add(self, policy: Policy) -> None:
+        if policy.name in self._policies:
+            raise ValueError(f"policy {policy.name!r} is registered twice")
+        self._policies[policy.name] = policy
 
     def get(self, name: str) -> Policy | None:
         return self._policies.get(name)
@@ -136,6 +140,23 @@ def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) 
 
 
 def builtin_policies() -> list[Policy]:
-    from .policies import restrict_job_types
+    from .policies import restrict_job_types, same_args, start_or_end
 
-    return [restrict_job_types.RestrictJobTypes()]
+    return [restrict_job_types.RestrictJobTypes(), same_args.SameArgs(), start_or_end.StartOrEnd()]
+
+
+POLICIES_ENTRY_POINTS = "wf.policies"
+
+
+def load_policies() -> PolicyRegistry:
+    """The built-in policies plus those of installed packages (entry-point group `wf.policies`:
+    each entry is a callable returning a policy). A name registered twice is refused."""
+    registry = PolicyRegistry(builtin_policies())
+    for entry_point in sorted(entry_points(group=POLICIES_ENTRY_POINTS), key=lambda ep: ep.name):
+        policy = entry_point.load()()
+        if registry.get(policy.name) is not None:
+            raise ValueError(
+                f"policy {policy.name!r} from entry point {entry_point.name!r} ({entry_point.value}) is already registered"
+            )
+        registry.add(policy)
+    return registry

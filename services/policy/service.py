@@ -13,13 +13,15 @@ from nats.js import JetStreamContext
 
 from schemas import Approved, Rejected, Submitted, event_decoder
 from services.common.bus import connect, last_event, publish_event
-from services.common.lifecycle import bind_durable, fetch_batches, shutdown
+from services.common.lifecycle import bind_durable, fetch_batches, shutdown, when_ready
 from services.common.settings import Settings
-from services.common.topology import EVENTS_STREAM, POLICY_CONSUMER
-from services.jobs import JobRegistry, builtin_jobs
+from services.common.startup import job_registry_or_exit
+from services.common.topology import CONFIG_BUCKET, EVENTS_STREAM, POLICY_CONSUMER
+from services.jobs import JobRegistry
 
+from .config_watch import PolicyConfigWatcher
 from .decide import decide
-from .registry import ConfigError, PolicyConfig, PolicyRegistry, builtin_policies, load_policy_config
+from .registry import load_policies
 
 log = structlog.get_logger()
 VERSION = "0.1.0"
@@ -32,7 +34,7 @@ async def already_decided(js: JetStreamContext, wf_id: str) -> bool:
     return False
 
 
-async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, config: PolicyConfig) -> None:
+async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, watcher: PolicyConfigWatcher) -> None:
     started = time.perf_counter()
     try:
         ev = event_decoder.decode(msg.data)
@@ -50,7 +52,12 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, co
             await msg.ack()
             log.info("verdict_already_published", outcome="duplicate")
             return
-        reason = decide(ev.req, jobs, config)
+        config = watcher.usable
+        if config is None:  # fail closed: decide once the file is fixed
+            await msg.nak(delay=1.0)
+            log.warning("verdict_deferred", reason=watcher.error, outcome="deferred")
+            return
+        reason = await decide(ev.req, jobs, config)
         verdict = Approved(id=ev.id, at=time.time()) if reason is None else Rejected(id=ev.id, at=time.time(), reason=reason)
         await publish_event(js, verdict)
         await msg.ack()
@@ -63,24 +70,27 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, co
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    jobs = JobRegistry(builtin_jobs())
-    policies = PolicyRegistry(builtin_policies())
+    jobs = job_registry_or_exit(settings)
     try:
-        config = load_policy_config(settings.config_dir / "policies.json", policies, jobs)
-    except ConfigError as exc:
-        log.error("policy_config_invalid", error=str(exc))
+        policies = load_policies()
+    except ValueError as exc:
+        log.error("startup_failed", error=str(exc))
         raise SystemExit(2) from None
-    log.info("policies_loaded", workreq_names=sorted(config.by_name))
 
     nc = await connect(settings.nats_url, "wf-policy")
     js = nc.jetstream()
+    kv = await when_ready(lambda: js.key_value(CONFIG_BUCKET), stop, what=CONFIG_BUCKET)
+    watcher = PolicyConfigWatcher(settings.config_dir / "policies.json", policies, jobs, kv)
+    await watcher.reload_if_changed()
+    watch_task = asyncio.create_task(watcher.watch(stop))
     service = await nats.micro.add_service(nc, name="wf-policy", version=VERSION, description="validates jobs and runs policies")
     sub = await bind_durable(js, EVENTS_STREAM, POLICY_CONSUMER, stop)
     async for batch in fetch_batches(sub, 64, stop):
         for msg in batch:
             try:
-                await handle_submitted(msg, js, jobs, config)
+                await handle_submitted(msg, js, jobs, watcher)
             except Exception:  # the boundary: log, leave un-acked for redelivery, keep going
                 log.exception("submitted_handling_failed", subject=msg.subject)
+    await watch_task
     await service.stop()
     await shutdown(nc, sub)

@@ -49,7 +49,7 @@ class Projection:
             return cached
         try:
             entry = await self.kv.get(wf_id)
-        except nats.js.errors.KeyNotFoundError:
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None, 0
         if not entry.value or entry.revision is None:
             return None, 0
@@ -83,7 +83,7 @@ class Projection:
                     revision = await self.kv.create(wf_id, encoder.encode(status))
                 else:
                     revision = await self.kv.update(wf_id, encoder.encode(status), last=revision)
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError, nats.js.errors.APIError):
+            except nats.js.errors.KeyWrongLastSequenceError:
                 self.cache.pop(wf_id, None)  # another writer won: reload and apply again
                 continue
             self.cache[wf_id] = (status, revision)
@@ -125,7 +125,7 @@ class StatusApi:
         wf_id = decode_id(request.data)
         try:
             value = (await self.kv.get(wf_id)).value
-        except nats.js.errors.KeyNotFoundError:
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             value = None
         if not value:
             return await self._fold_from_stream(wf_id)

@@ -1,12 +1,7 @@
 import pytest
 
-from services.jobs import ArgError, JobRegistry, builtin_jobs
+from services.jobs import ArgError, JobRegistry
 from services.jobs.sleep import SleepJob
-
-
-@pytest.fixture
-def jobs():
-    return JobRegistry(builtin_jobs())
 
 
 def test_sleep_accepts_whole_seconds(jobs):
@@ -33,7 +28,7 @@ def test_unknown_missing_and_extra_arguments_name_the_argument(jobs):
 def test_an_unknown_job_is_refused_listing_the_registered_ones(jobs):
     with pytest.raises(ArgError) as err:
         jobs.validate("eraseEverything", {})
-    assert err.value.arg == "" and "'eraseEverything'" in err.value.message and "sleep" in err.value.message
+    assert err.value.arg == "" and "'eraseEverything'" in err.value.message and "diskErase, sleep" in err.value.message
 
 
 def test_a_name_registered_twice_is_refused():
