@@ -38,13 +38,15 @@ class RunningSystem:
         return self.proc.wait(timeout=timeout_s)
 
 
-def start_system(tmp: Path, *args: str, ready_s: float = 60) -> RunningSystem:
+def start_system(
+    tmp: Path, *args: str, config_dir: Path = REPO / "configs", env: dict[str, str] | None = None, ready_s: float = 60
+) -> RunningSystem:
     data_dir = tmp / "data"
     log_path = tmp / "wf-up.log"
     port = free_port()
     argv = [sys.executable, "-m", "wf.cli", "up", "--nats-port", str(port), "--data-dir", str(data_dir),
-            "--config-dir", str(REPO / "configs"), *args]
-    env = {**os.environ, "WF_LOG_LEVEL": "info"}
+            "--config-dir", str(config_dir), *args]
+    env = {**os.environ, "WF_LOG_LEVEL": "info", **(env or {})}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp)
     system = RunningSystem(proc, data_dir, log_path, f"nats://127.0.0.1:{port}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import nats
 import pytest
 
 from schemas import JobCompleted, JobStarted, event_decoder
+from services.common.ids import id_time_s
 from services.common.bus import read_history
 from tests.conftest import REPO, eventually, start_system
 from wf import client
@@ -169,14 +172,19 @@ def test_the_cli_walkthrough(system, tmp_path):
 
 
 async def test_a_submit_while_policy_is_stalled_is_pending_then_decided(tmp_path):
-    system = start_system(tmp_path)
+    """Also the seed's limits: 10 submits in flight, the rest 429 at once; exec past the window 412."""
+    system = start_system(tmp_path, env={"WF_EXEC_WINDOW_S": "4"})
     policy = pid_of(system, "policy")
     nc = await nats.connect(system.url)
+    sleep_body = (REPO / "examples" / "sleep.json").read_bytes()
     try:
         os.kill(policy, signal.SIGSTOP)
         try:
-            reply = await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
-            assert reply["verdict"] == "pending"
+            results = await asyncio.gather(*(client.submit(nc, sleep_body) for _ in range(12)), return_exceptions=True)
+            pending = [r for r in results if isinstance(r, dict) and r["verdict"] == "pending"]
+            too_many = [r for r in results if isinstance(r, client.WfError) and r.code == 429]
+            assert len(pending) == 10 and len(too_many) == 2, results
+            reply = pending[0]
             with pytest.raises(client.WfError) as err:
                 await client.execute(nc, reply["id"])
             assert err.value.code == 412 and "pending" in err.value.message
@@ -188,6 +196,17 @@ async def test_a_submit_while_policy_is_stalled_is_pending_then_decided(tmp_path
 
         await eventually(approved, what="the verdict after policy resumed")
         assert await client.execute(nc, reply["id"]) == {"id": reply["id"]}
+
+        late = pending[1]["id"]  # approved by now too, but submitted over 4 s ago once this passes
+        submitted_at = id_time_s(late)
+
+        async def window_passed():
+            return time.time() > submitted_at + 4.2
+
+        await eventually(window_passed, what="the exec window to pass")
+        with pytest.raises(client.WfError) as err:
+            await client.execute(nc, late)
+        assert err.value.code == 412 and "past the exec window of 4 s" in err.value.message
     finally:
         await nc.close()
         assert system.stop() == 0

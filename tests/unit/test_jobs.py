@@ -34,3 +34,19 @@ def test_an_unknown_job_is_refused_listing_the_registered_ones(jobs):
 def test_a_name_registered_twice_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
         JobRegistry([SleepJob(), SleepJob()])
+
+
+def test_a_plugin_job_whose_name_is_taken_is_refused_naming_its_entry_point(job_env, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import services.jobs as jobs_module
+
+    duplicate = EntryPoint(name="mySleep", value="tests.unit.test_jobs:sleep_factory", group="wf.jobs")
+    monkeypatch.setattr(jobs_module, "entry_points", lambda group: [duplicate] if group == "wf.jobs" else [])
+    with pytest.raises(ValueError, match=r"job 'sleep' from entry point 'mySleep' \(tests.unit.test_jobs:sleep_factory\) is already registered"):
+        jobs_module.load_jobs(job_env)
+
+
+def sleep_factory(env):
+    """An entry point's factory for a job whose name is already taken."""
+    return SleepJob()
