@@ -61,7 +61,7 @@ def parse_bucket_configs(text: str) -> dict[str, BucketConfig]:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             raise BucketConfigError(f"bucket name {name!r}: use letters, digits, '-' and '_'")
         try:
-            config.every_s
+            parse_duration_s(config.every)
         except ValueError as exc:
             raise BucketConfigError(f"bucket {name!r}: every: {exc}") from None
     return configs

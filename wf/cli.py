@@ -20,14 +20,12 @@ from nats.aio.client import Client
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
 from services.common.topology import STATUS_BUCKET, ensure_topology
-
-from . import client
 from services.inventory import InventoryError, load_inventory
 
+from . import client
 from .erase import EraseRefused, erase_satellite_workreq
 from .render import TERMINAL, render, summary_line
 from .up import UpOptions, free_port, run_up
-
 
 DEMO_SITE = "aap"
 

@@ -142,7 +142,7 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
         while (left := end - loop.time()) > 0:
             try:
                 msg = await sub.next_msg(timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             try:
                 info = json.loads(msg.data)

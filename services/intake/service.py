@@ -83,7 +83,7 @@ class PolicyConfigState:
             while not stop.is_set():
                 try:
                     entry = await watcher.updates(timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 if entry is None or not entry.value:
                     continue

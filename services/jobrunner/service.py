@@ -13,8 +13,8 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.common.bus import connect
 from services.buckets import BucketStore
+from services.common.bus import connect
 from services.common.lifecycle import bind_durable, shutdown, when_ready
 from services.common.settings import Settings
 from services.common.startup import job_registry_or_exit

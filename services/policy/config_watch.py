@@ -72,7 +72,7 @@ class PolicyConfigWatcher:
         state = ConfigState(ok=self.error is None, error=self.error or "", at=time.time())
         try:
             await self.kv.put(STATE_KEY, msgspec.json.encode(state))
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             self._stamp = None  # try again on the next poll
             log.warning("config_state_not_published", error=repr(exc))
 
@@ -81,5 +81,5 @@ class PolicyConfigWatcher:
             await self.reload_if_changed()
             try:
                 await asyncio.wait_for(stop.wait(), POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 
 from schemas import JobCompleted, JobStarted, event_decoder
-from services.common.ids import id_time_s
 from services.common.bus import read_history
+from services.common.ids import id_time_s
 from tests.conftest import REPO, eventually, start_system
 from wf import client
 from wf.up import find_nats_server, free_port
@@ -93,7 +94,7 @@ async def test_a_killed_service_is_restarted(tmp_path):
             async def submits():
                 try:
                     return await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
-                except Exception:
+                except (client.WfError, nats.errors.Error, asyncio.TimeoutError):
                     return None
 
             assert (await eventually(submits, 15, what="intake to answer again"))["verdict"] == "approved"

@@ -8,9 +8,15 @@ import pytest
 from schemas import workreq_decoder
 from services.inventory import load_inventory
 from services.policy.decide import decide
-from services.policy.registry import ConfigError, NamedCheck, PolicyConfig, PolicyViolation, load_policy_config
 from services.policy.policies.same_args import SameArgs
 from services.policy.policies.start_or_end import StartOrEnd
+from services.policy.registry import (
+    ConfigError,
+    NamedCheck,
+    PolicyConfig,
+    PolicyViolation,
+    load_policy_config,
+)
 from wf.erase import EraseRefused, erase_satellite_workreq
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,13 +3,11 @@ from pathlib import Path
 import pytest
 
 from schemas import workreq_decoder
-from services.jobs import JobRegistry, builtin_jobs
 from services.policy.decide import decide
 from services.policy.policies.restrict_job_types import RestrictJobTypes
 from services.policy.registry import (
     ConfigError,
     PolicyRegistry,
-    builtin_policies,
     load_policy_config,
     parse_policy_config,
 )
