@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 
 from services.buckets import BucketConfig, BucketStore
-from services.inventory import InventorySource
+from services.inventory import Inventory, InventoryError, InventorySource
 
 
 class ArgError(ValueError):
@@ -109,6 +109,14 @@ class JobEnv:
     bucket_store: BucketStore | None = None
 
 
+def inventory_or_arg_error(source: InventorySource, arg: str) -> Inventory:
+    """The current inventory for validating `arg`; an unusable inventory is that argument's error."""
+    try:
+        return source.current()
+    except InventoryError as exc:
+        raise ArgError(arg, f"the inventory is unusable: {exc}") from None
+
+
 def builtin_jobs(env: JobEnv) -> list[Job]:
     from . import disk_erase, sleep, token_bucket, validate_decom
 
@@ -128,7 +136,10 @@ def load_jobs(env: JobEnv) -> JobRegistry:
     is a callable taking a JobEnv and returning a job). A name registered twice is refused."""
     registry = JobRegistry(builtin_jobs(env))
     for entry_point in sorted(entry_points(group=JOBS_ENTRY_POINTS), key=lambda ep: ep.name):
-        job = entry_point.load()(env)
+        try:
+            job = entry_point.load()(env)
+        except Exception as exc:  # a plugin's import or factory failed: say which, do not crash
+            raise ValueError(f"job entry point {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}") from exc
         if registry.get(job.name) is not None:
             raise ValueError(
                 f"job {job.name!r} from entry point {entry_point.name!r} ({entry_point.value}) is already registered"

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from services.inventory import InventoryError, InventorySource
+from services.inventory import InventorySource
 
-from . import ArgError, JobContext
+from . import ArgError, JobContext, inventory_or_arg_error
 
 ERASE_S = 30.0
 
@@ -30,10 +30,7 @@ class DiskEraseJob:
         self.inventory = inventory
 
     def validate(self, args: Mapping[str, str]) -> None:
-        try:
-            inventory = self.inventory.current()
-        except InventoryError as exc:
-            raise ArgError("site", f"the inventory is unusable: {exc}") from None
+        inventory = inventory_or_arg_error(self.inventory, "site")
         if inventory.site(args["site"]) is None:
             raise ArgError("site", f"site {args['site']!r} is not in the inventory")
         if not inventory.has_machine(args["site"], args["machine"]):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from services.inventory import SITE_TYPES, InventoryError, InventorySource
 
-from . import ArgError, JobContext, JobError
+from . import ArgError, JobContext, JobError, inventory_or_arg_error
 
 
 class ValidateDecomJob:
@@ -30,10 +30,7 @@ class ValidateDecomJob:
     def validate(self, args: Mapping[str, str]) -> None:
         if args["type"] not in SITE_TYPES:
             raise ArgError("type", f"type {args['type']!r} is not one of {sorted(SITE_TYPES)}")
-        try:
-            site = self.inventory.current().site(args["site"])
-        except InventoryError as exc:
-            raise ArgError("site", f"the inventory is unusable: {exc}") from None
+        site = inventory_or_arg_error(self.inventory, "site").site(args["site"])
         if site is None:
             raise ArgError("site", f"site {args['site']!r} is not in the inventory")
         if site.type != args["type"]:

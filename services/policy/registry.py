@@ -153,7 +153,10 @@ def load_policies() -> PolicyRegistry:
     each entry is a callable returning a policy). A name registered twice is refused."""
     registry = PolicyRegistry(builtin_policies())
     for entry_point in sorted(entry_points(group=POLICIES_ENTRY_POINTS), key=lambda ep: ep.name):
-        policy = entry_point.load()()
+        try:
+            policy = entry_point.load()()
+        except Exception as exc:  # a plugin's import or factory failed: say which, do not crash
+            raise ValueError(f"policy entry point {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}") from exc
         if registry.get(policy.name) is not None:
             raise ValueError(
                 f"policy {policy.name!r} from entry point {entry_point.name!r} ({entry_point.value}) is already registered"

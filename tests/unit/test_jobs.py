@@ -50,3 +50,14 @@ def test_a_plugin_job_whose_name_is_taken_is_refused_naming_its_entry_point(job_
 def sleep_factory(env):
     """An entry point's factory for a job whose name is already taken."""
     return SleepJob()
+
+
+def test_a_plugin_that_fails_to_import_is_a_clear_start_up_error(job_env, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import services.jobs as jobs_module
+
+    broken = EntryPoint(name="broken", value="no_such_module_anywhere:factory", group="wf.jobs")
+    monkeypatch.setattr(jobs_module, "entry_points", lambda group: [broken])
+    with pytest.raises(ValueError, match=r"job entry point 'broken' \(no_such_module_anywhere:factory\) failed to load"):
+        jobs_module.load_jobs(job_env)
