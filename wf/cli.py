@@ -25,7 +25,7 @@ from services.inventory import InventoryError, load_inventory
 from . import client
 from .erase import EraseRefused, erase_satellite_workreq
 from .render import TERMINAL, render, summary_line
-from .up import UpOptions, free_port, run_up
+from .up import UpOptions, die_with_parent, free_port, run_up
 
 DEMO_SITE = "aap"
 
@@ -226,7 +226,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--time-scale", str(args.time_scale), "--runners", "2"]
     print(f"starting the system (nats-server on 127.0.0.1:{port}, logs in {log_path}) ...")
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        # its own session (Ctrl-C here is ours to handle), but it dies with us (a closed terminal)
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
     try:
         wait_for_file(data_dir / "client.env", proc, 60)
         os.environ["WF_NATS_URL"] = client.nats_url(data_dir)

