@@ -41,6 +41,7 @@ class PolicyConfigWatcher:
         self.config: PolicyConfig | None = None  # the last good configuration
         self.error: str | None = None
         self._stamp: tuple[int, int] | None = None
+        self._unpublished = False  # the state changed and KV does not have it yet
 
     @property
     def usable(self) -> PolicyConfig | None:
@@ -66,19 +67,24 @@ class PolicyConfigWatcher:
         except ConfigError as exc:
             self.error = str(exc)
             log.error("policy_config_invalid", error=self.error, outcome="fail_closed")
+        self._unpublished = True
         await self.publish_state()
 
     async def publish_state(self) -> None:
+        """Write a changed state to KV; after a failure it is written again on the next poll."""
+        if not self._unpublished:
+            return
         state = ConfigState(ok=self.error is None, error=self.error or "", at=time.time())
         try:
             await self.kv.put(STATE_KEY, msgspec.json.encode(state))
+            self._unpublished = False
         except (TimeoutError, nats.errors.Error) as exc:
-            self._stamp = None  # try again on the next poll
             log.warning("config_state_not_published", error=repr(exc))
 
     async def watch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.reload_if_changed()
+            await self.publish_state()
             try:
                 await asyncio.wait_for(stop.wait(), POLL_S)
             except TimeoutError:
