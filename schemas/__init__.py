@@ -120,6 +120,10 @@ class ExecRequested(_Event, tag="exec_requested"):
     pass
 
 
+class CancelRequested(_Event, tag="cancel_requested"):
+    """`wf.api.cancel`: stop this one workflow as an emergency stop would."""
+
+
 class WorkflowStarted(_Event, tag="workflow.started"):
     pass
 
@@ -128,6 +132,8 @@ class WorkflowEnded(_Event, tag="workflow.ended"):
     status: Literal["completed", "failed"]
     had_errors: bool = False
     was_es_stopped: bool = False
+    # why it stopped early: "" (it ran to its end), "fatal", "max_failures", "es", "cancel"
+    stopped_by: str = ""
 
 
 class BlockStarted(_Event, tag="block.started"):
@@ -158,6 +164,7 @@ class JobFailed(_Event, tag="job.failed", kw_only=True):
     attempt: int = 1
     error: str
     fatal: bool = False
+    retrying: bool = False  # this attempt failed with a retryable error; another attempt follows
 
 
 Event = (
@@ -165,6 +172,7 @@ Event = (
     | Approved
     | Rejected
     | ExecRequested
+    | CancelRequested
     | WorkflowStarted
     | WorkflowEnded
     | BlockStarted
@@ -201,10 +209,10 @@ def event_subject(ev: Event) -> str:
 def event_msg_id(ev: Event) -> str:
     """Deterministic `Nats-Msg-Id`: a republished event (retry, takeover) is dropped as a duplicate.
 
-    A job's `started` carries the attempt, so each delivery of a command shows; its terminal event
-    does not, so a job run twice still records one outcome."""
+    A job's `started` (and a retried attempt's `failed`) carries the attempt, so each attempt shows;
+    its terminal event does not, so a job run twice still records one outcome."""
     subject = event_subject(ev)
-    if isinstance(ev, JobStarted):
+    if isinstance(ev, JobStarted) or (isinstance(ev, JobFailed) and ev.retrying):
         return f"{subject}.{ev.attempt}"
     return subject
 
@@ -219,6 +227,7 @@ class JobCommand(Struct, frozen=True, kw_only=True):
     name: str
     args: dict[str, str]
     at: float
+    workreq: str = ""  # the WorkReq's name, so runners can honour its emergency stop
 
 
 def job_command_subject(wf_id: str, block: int, job: int) -> str:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
-from services.common.topology import STATUS_BUCKET, ensure_topology
+from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology
 from services.inventory import InventoryError, load_inventory
 
 from . import client
@@ -40,8 +41,8 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-async def _connect(args: argparse.Namespace) -> Client:
-    url = client.nats_url(Path(args.data_dir))
+async def _connect(args: argparse.Namespace, role: str = "client") -> Client:
+    url = client.nats_url(Path(args.data_dir), role)
     try:
         return await nats.connect(url, name="wf-cli", allow_reconnect=False, connect_timeout=3)
     except (nats.errors.NoServersError, OSError) as exc:
@@ -78,6 +79,41 @@ async def cmd_exec(args: argparse.Namespace) -> int:
         await nc.close()
     print(reply["id"])
     return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    nc = await _connect(args)
+    try:
+        reply = await client.cancel(nc, args.id)
+    except client.WfError as err:
+        return _fail(_error_text(err))
+    finally:
+        await nc.close()
+    print(reply["id"])
+    return 0
+
+
+async def cmd_es(args: argparse.Namespace) -> int:
+    """Emergency stops in KV `wf_es` (operator role): `stop NAME`, `go NAME`, `show`."""
+    nc = await _connect(args, role="operator")
+    try:
+        kv = await nc.jetstream().key_value(ES_BUCKET)
+        if args.action in ("stop", "go"):
+            if not args.name:
+                return _fail(f"wf es {args.action} needs a WorkReq name")
+            await kv.put(args.name, args.action.encode())
+            print(f"{args.name} {args.action}")
+            return 0
+        try:
+            keys = sorted(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            keys = []
+        for key in keys:
+            print(f"{key} {(await kv.get(key)).value.decode()}")  # type: ignore[union-attr]
+        print("(any name not listed is stopped)", file=sys.stderr)
+        return 0
+    finally:
+        await nc.close()
 
 
 def exit_code(status: dict) -> int:  # type: ignore[type-arg]
@@ -276,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="follow it live until it ends (exit 0 completed, 1 failed)")
     p.add_argument("--json", action="store_true", help="print the StatusResp JSON")
     p.set_defaults(func=cmd_status, is_async=True)
+
+    p = sub.add_parser("cancel", help="stop one workflow now (as an emergency stop would)")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_cancel, is_async=True)
+
+    p = sub.add_parser("es", help="emergency stops: `wf es stop NAME`, `wf es go NAME`, `wf es show`")
+    p.add_argument("action", choices=["stop", "go", "show"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_es, is_async=True)
 
     p = sub.add_parser("setup", help="create streams, consumers and buckets on WF_NATS_URL (wf up does this)")
     p.set_defaults(func=cmd_setup, is_async=True)

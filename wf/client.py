@@ -24,12 +24,12 @@ class WfError(Exception):
         self.body = body
 
 
-def nats_url(data_dir: Path = Path(".wf")) -> str:
-    """WF_NATS_URL, else the URL in `<data-dir>/client.env` of a local `wf up`, else the default."""
+def nats_url(data_dir: Path = Path(".wf"), role: str = "client") -> str:
+    """WF_NATS_URL, else the URL in `<data-dir>/<role>.env` of a local `wf up`, else the default."""
     url = os.environ.get("WF_NATS_URL")
     if url:
         return url
-    env_file = data_dir / "client.env"
+    env_file = data_dir / f"{role}.env"
     if env_file.is_file():
         for line in env_file.read_text().splitlines():
             key, _, value = line.partition("=")
@@ -59,3 +59,7 @@ async def execute(nc: Client, wf_id: str) -> dict[str, Any]:
 
 async def status(nc: Client, wf_id: str) -> dict[str, Any]:
     return await call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode())
+
+
+async def cancel(nc: Client, wf_id: str) -> dict[str, Any]:
+    return await call(nc, "wf.api.cancel", json.dumps({"id": wf_id}).encode())

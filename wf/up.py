@@ -20,7 +20,8 @@ from pathlib import Path
 import structlog
 
 from services.common.bus import connect
-from services.common.topology import ensure_topology
+from services.common.es_seed import seed_emergency_stops
+from services.common.topology import ES_BUCKET, ensure_topology
 
 log = structlog.get_logger()
 
@@ -208,6 +209,8 @@ class System:
                 await wait_for_port(self.opts.nats_port)
             nc = await connect(self.url, "wf-up")
             await ensure_topology(nc.jetstream())
+            es_state = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), self.opts.config_dir / "es.json")
+            log.info("emergency_stops", **es_state)
             env = self._service_env()
             names = [*SERVICES, *(["jobrunner"] * self.opts.runners)]
             for i, name in enumerate(names):

@@ -20,6 +20,7 @@ class Settings:
     exec_window_s: float = 3600.0
     max_in_flight: int = 10
     runner_concurrency: int = 256
+    max_deliveries: int = 5
     log_level: str = "info"
 
     @classmethod
@@ -34,5 +35,6 @@ class Settings:
             exec_window_s=float(env.get("WF_EXEC_WINDOW_S", "3600")),
             max_in_flight=int(env.get("WF_MAX_IN_FLIGHT", "10")),
             runner_concurrency=int(env.get("WF_RUNNER_CONCURRENCY", "256")),
+            max_deliveries=int(env.get("WF_MAX_DELIVERIES", "5")),
             log_level=env.get("WF_LOG_LEVEL", "info"),
         )

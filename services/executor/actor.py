@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from schemas import Approved, JobCommand, Submitted, event_decoder
 from services.common.bus import follow_workflow, publish_all
+from services.common.es import EmergencyStops
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
 
 from .progress import Decision, WorkflowProgress
@@ -32,12 +33,30 @@ class NotExecutable(Exception):
 
 
 class WorkflowActor:
-    def __init__(self, js: JetStreamContext, wf_id: str, exec_msg: Msg) -> None:
+    def __init__(self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops) -> None:
         self.js = js
         self.id = wf_id
         self.exec_msg = exec_msg
+        self.es = es
         self.progress: WorkflowProgress | None = None
         self.approved = False
+        self.caught_up = False
+        self._deciding = asyncio.Lock()
+        self._stop_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def workreq_name(self) -> str | None:
+        return self.progress.req.name if self.progress is not None else None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop now (an emergency stop seen by the executor): decide at once, not at the next event."""
+        if self.progress is None or self.progress.ended:
+            return
+        self.progress.stop(reason)
+        if self.caught_up:
+            task = asyncio.create_task(self._step())
+            self._stop_tasks.add(task)
+            task.add_done_callback(self._stop_tasks.discard)
 
     def renew(self, exec_msg: Msg) -> None:
         """A redelivery of the exec request to this same executor: hold the newest delivery."""
@@ -49,6 +68,7 @@ class WorkflowActor:
         sub = await follow_workflow(self.js, self.id)
         try:
             await self._follow(sub)
+            await self._purge_queued_commands()
             await self.exec_msg.ack()
             log.info("workflow_finished", outcome="ended")
         except NotExecutable as exc:
@@ -74,7 +94,6 @@ class WorkflowActor:
                 log.warning("keepalive_failed", error=repr(exc))
 
     async def _follow(self, sub: JetStreamContext.PushSubscription) -> None:
-        caught_up = False
         while True:
             try:
                 msg = await sub.next_msg(timeout=KEEPALIVE_S)
@@ -84,21 +103,29 @@ class WorkflowActor:
                 self._apply(event_decoder.decode(msg.data))
             except msgspec.DecodeError as exc:
                 log.error("bad_event_ignored", subject=msg.subject, error=str(exc))
-            if not caught_up:
+            if not self.caught_up:
                 if msg.metadata.num_pending > 0:
                     continue
-                caught_up = True
                 await self._on_caught_up()
+                self.caught_up = True
             if sub.pending_msgs > 0:
                 continue  # apply everything already here before deciding
+            await self._step()
             assert self.progress is not None
             if self.progress.ended:
                 return
+
+    async def _step(self) -> None:
+        """Decide and emit; one decision at a time (events and stop requests both trigger it)."""
+        async with self._deciding:
+            assert self.progress is not None
             decision = self.progress.decide()
             if decision:
                 await self._emit(decision)
-                if self.progress.ended:
-                    return
+
+    async def _purge_queued_commands(self) -> None:
+        """An ended workflow's commands still in the work queue must never run."""
+        await self.js.purge_stream(JOBS_STREAM, subject=f"wf.cmd.job.{self.id}.>")
 
     def _apply(self, ev: object) -> None:
         if isinstance(ev, Submitted):
@@ -117,6 +144,8 @@ class WorkflowActor:
         for subject in waiting:
             _, _, _, _, block, job = subject.split(".")
             self.progress.mark_dispatched(int(block), int(job))
+        if not self.es.is_go(self.progress.req.name):
+            self.progress.stop("es")
         log.info("workflow_resumed" if self.progress.started else "workflow_starting", waiting_commands=len(waiting))
 
     async def _emit(self, decision: Decision) -> None:
@@ -124,7 +153,10 @@ class WorkflowActor:
         now = time.time()
         blocks = self.progress.req.blocks
         commands = [
-            JobCommand(id=self.id, block=b, job=j, name=blocks[b].jobs[j].name, args=blocks[b].jobs[j].args, at=now)
+            JobCommand(
+                id=self.id, block=b, job=j, name=blocks[b].jobs[j].name, args=blocks[b].jobs[j].args, at=now,
+                workreq=self.progress.req.name,
+            )
             for b, j in decision.dispatch
         ]
         # Events first (their acks awaited), so a block's `started` is stored before its commands.

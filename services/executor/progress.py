@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from schemas import (
     BlockEnded,
     BlockStarted,
+    CancelRequested,
     Event,
     JobCompleted,
     JobFailed,
@@ -50,15 +51,23 @@ class WorkflowProgress:
         self.req = req
         self.started = False
         self.ended = False
+        self.stopped_by = ""  # "es" or "cancel" once a stop was requested
         self.blocks_started: set[int] = set()
         self.blocks_ended: dict[int, str] = {}
         self.jobs = [[JobProgress() for _ in block.jobs] for block in req.blocks]
 
     # ------------------------------------------------------------ what happened
 
+    def stop(self, reason: str) -> None:
+        """An emergency stop ("es") or a cancel ("cancel"): nothing more is dispatched."""
+        if not self.ended and not self.stopped_by:
+            self.stopped_by = reason
+
     def apply(self, ev: Event) -> None:
         """Record an event; idempotent, and a job's first terminal state wins."""
         match ev:
+            case CancelRequested():
+                self.stop("cancel")
             case WorkflowStarted():
                 self.started = True
             case WorkflowEnded():
@@ -74,7 +83,7 @@ class WorkflowProgress:
                 job.dispatched = True
                 if job.status in TERMINAL:
                     return
-                if isinstance(ev, JobStarted):
+                if isinstance(ev, JobStarted) or (isinstance(ev, JobFailed) and ev.retrying):
                     job.status = "running"
                 elif isinstance(ev, JobCompleted):
                     job.status = "completed"
@@ -101,40 +110,66 @@ class WorkflowProgress:
 
     # ------------------------------------------------------------ what to do next
 
+    def halt_reason(self, block: int) -> str:
+        """Why nothing more may be dispatched in this block, or "" to go on."""
+        if self.stopped_by:
+            return self.stopped_by
+        if any(job.fatal for job in self.jobs[block]):
+            return "fatal"
+        if self.over_failure_budget:
+            return "max_failures"
+        return ""
+
     def decide(self, now: float | None = None) -> Decision:
-        """The events and job commands to emit now; applying them is the caller's job."""
+        """The events and job commands to emit now; applying them is the caller's job.
+
+        A fatal failure, a spent failure budget, an emergency stop or a cancel ends the block and
+        the workflow at once: nothing more is dispatched, no later block starts, and the jobs still
+        running are the runners' to cancel when they see the workflow end."""
         at = time.time() if now is None else now
         out = Decision()
         if self.ended:
             return out
         if not self.started:
             out.events.append(WorkflowStarted(id=self.id, at=at))
+        halted = ""
         for b, jobs in enumerate(self.jobs):
             if b in self.blocks_ended:
                 continue
+            halted = self.halt_reason(b)
+            if halted and b not in self.blocks_started:
+                break  # stopped between blocks: the next block never starts
             if b not in self.blocks_started:
                 out.events.append(BlockStarted(id=self.id, at=at, block=b))
-            halted = any(j.fatal for j in jobs) or self.over_failure_budget
-            in_flight = sum(j.in_flight for j in jobs)
-            if not halted:
-                limit = self.req.blocks[b].effective_rate_limit
-                for j, job in enumerate(jobs):
-                    if in_flight >= limit:
-                        break
-                    if not job.dispatched:
-                        out.dispatch.append((b, j))
-                        in_flight += 1
-            if in_flight or not (halted or all(job.dispatched for job in jobs)):
-                return out  # the block is still running
             has_error = any(job.status == "failed" for job in jobs)
+            if halted:
+                finished = all(job.status in TERMINAL for job in jobs)
+                status = "completed" if finished and not has_error else "failed"
+                out.events.append(BlockEnded(id=self.id, at=at, block=b, status=status, has_error=has_error))
+                break
+            in_flight = sum(job.in_flight for job in jobs)
+            limit = self.req.blocks[b].effective_rate_limit
+            for j, job in enumerate(jobs):
+                if in_flight >= limit:
+                    break
+                if not job.dispatched:
+                    out.dispatch.append((b, j))
+                    in_flight += 1
+            if in_flight or not all(job.dispatched for job in jobs):
+                return out  # the block is still running
             out.events.append(
                 BlockEnded(id=self.id, at=at, block=b, status="failed" if has_error else "completed", has_error=has_error)
             )
-            if halted:
-                break  # a fatal failure or a spent failure budget: no later block starts
         had_errors = self.failures > 0
         out.events.append(
-            WorkflowEnded(id=self.id, at=at, status="failed" if had_errors else "completed", had_errors=had_errors)
+            WorkflowEnded(
+                id=self.id,
+                at=at,
+                status="failed" if had_errors or halted else "completed",
+                had_errors=had_errors,
+                was_es_stopped=halted == "es",
+                stopped_by=halted,
+            )
         )
         return out
 

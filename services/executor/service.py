@@ -12,9 +12,10 @@ from nats.js import JetStreamContext
 
 from schemas import ExecRequested, event_decoder
 from services.common.bus import connect
-from services.common.lifecycle import bind_durable, fetch_batches, shutdown
+from services.common.es import EmergencyStops
+from services.common.lifecycle import bind_durable, fetch_batches, shutdown, when_ready
 from services.common.settings import Settings
-from services.common.topology import EVENTS_STREAM, EXECUTOR_CONSUMER
+from services.common.topology import ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER
 
 from .actor import WorkflowActor
 
@@ -23,10 +24,19 @@ VERSION = "0.1.0"
 
 
 class Executor:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, es: EmergencyStops) -> None:
         self.js = js
+        self.es = es
         self.actors: dict[str, WorkflowActor] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        es.on_change(self.on_emergency_stop)
+
+    def on_emergency_stop(self, workreq: str, go: bool) -> None:
+        if go:
+            return
+        for actor in list(self.actors.values()):
+            if actor.workreq_name == workreq:
+                actor.request_stop("es")
 
     async def on_exec_requested(self, msg: Msg) -> None:
         try:
@@ -43,7 +53,7 @@ class Executor:
         if actor is not None:
             actor.renew(msg)
             return
-        actor = WorkflowActor(self.js, ev.id, msg)
+        actor = WorkflowActor(self.js, ev.id, msg, self.es)
         self.actors[ev.id] = actor
         task = asyncio.create_task(self._run(actor))
         self.tasks.add(task)
@@ -73,11 +83,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, "wf-executor")
     js = nc.jetstream()
     service = await nats.micro.add_service(nc, name="wf-executor", version=VERSION, description="runs approved workflows")
-    executor = Executor(js)
+    es = EmergencyStops()
+    es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
+    es_task = asyncio.create_task(es.follow(es_kv, stop))
+    await es.ready.wait()  # never run a workflow before knowing whether its name is stopped
+    executor = Executor(js, es)
     sub = await bind_durable(js, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
     async for batch in fetch_batches(sub, 32, stop):
         for msg in batch:
             await executor.on_exec_requested(msg)
     await executor.stop()
+    await es_task
     await service.stop()
     await shutdown(nc, sub)

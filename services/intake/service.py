@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from schemas import (
+    CancelRequested,
     ExecRequested,
     IdReply,
     Rejected,
@@ -33,10 +34,11 @@ from schemas import (
 )
 from services.common.bus import connect, last_event, publish_event
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
+from services.common.es import EmergencyStops
 from services.common.ids import new_id
 from services.common.lifecycle import shutdown, when_ready
 from services.common.settings import Settings
-from services.common.topology import CONFIG_BUCKET
+from services.common.topology import CONFIG_BUCKET, ES_BUCKET
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 log = structlog.get_logger()
@@ -96,11 +98,19 @@ class PolicyConfigState:
 
 
 class Intake:
-    def __init__(self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState) -> None:
+    def __init__(
+        self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState,
+        es: EmergencyStops,
+    ) -> None:
         self.js = js
         self.settings = settings
         self.waiters = waiters
         self.policy_state = policy_state
+        self.es = es
+
+    def _check_not_stopped(self, workreq: str) -> None:
+        if not self.es.is_go(workreq):
+            raise ApiError(423, f"emergency stop is not 'go' for {workreq!r}")
 
     async def submit(self, request: Request) -> bytes:
         try:
@@ -109,6 +119,7 @@ class Intake:
             raise ApiError(400, f"not a valid WorkReq: {exc}") from None
         if self.policy_state.error:
             raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
+        self._check_not_stopped(req.name)
         wf_id = new_id()
         structlog.contextvars.bind_contextvars(workflow_id=wf_id)
         verdict = self.waiters.expect(wf_id)
@@ -146,23 +157,47 @@ class Intake:
             raise ApiError(503, f"could not record the exec request: {exc!r}") from None
         return encoder.encode(IdReply(id=wf_id))
 
-    async def _check_executable(self, wf_id: str) -> None:
-        submitted = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
-        if submitted is None:
+    async def _submission(self, wf_id: str) -> Submitted:
+        msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
+        if msg is None:
             raise ApiError(404, f"unknown id {wf_id!r}")
+        ev = event_decoder.decode(msg.data)
+        assert isinstance(ev, Submitted)
+        return ev
+
+    async def _check_executable(self, wf_id: str) -> None:
+        submitted = await self._submission(wf_id)
         if await last_event(self.js, f"wf.evt.{wf_id}.exec_requested") is not None:
             raise ApiError(409, f"workflow {wf_id} is already executing or executed")
+        if await last_event(self.js, f"wf.evt.{wf_id}.cancel_requested") is not None:
+            raise ApiError(409, f"workflow {wf_id} was cancelled")
+        self._check_not_stopped(submitted.req.name)
         if await last_event(self.js, f"wf.evt.{wf_id}.approved") is None:
             rejected = await last_event(self.js, f"wf.evt.{wf_id}.rejected")
             if rejected is not None:
                 reason = event_decoder.decode(rejected.data).reason  # type: ignore[union-attr]
                 raise ApiError(412, f"workflow {wf_id} was rejected: {reason}")
             raise ApiError(412, f"workflow {wf_id} is not approved (verdict pending)")
-        age_s = time.time() - event_decoder.decode(submitted.data).at
+        age_s = time.time() - submitted.at
         if age_s > self.settings.exec_window_s:
             raise ApiError(
                 412, f"workflow {wf_id} was submitted {age_s:.0f} s ago, past the exec window of {self.settings.exec_window_s:.0f} s"
             )
+
+
+    async def cancel(self, request: Request) -> bytes:
+        """Stop one workflow as an emergency stop would (recorded as cancelled by request)."""
+        wf_id = decode_id(request.data)
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        await self._submission(wf_id)
+        for state in ("completed", "failed"):
+            if await last_event(self.js, f"wf.evt.{wf_id}.workflow.{state}") is not None:
+                raise ApiError(409, f"workflow {wf_id} already ended ({state})")
+        try:
+            await publish_event(self.js, CancelRequested(id=wf_id, at=time.time()))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise ApiError(503, f"could not record the cancel request: {exc!r}") from None
+        return encoder.encode(IdReply(id=wf_id))
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
@@ -173,16 +208,22 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     policy_state = PolicyConfigState()
     config_kv = await when_ready(lambda: js.key_value(CONFIG_BUCKET), stop, what=CONFIG_BUCKET)
     follow_task = asyncio.create_task(policy_state.follow(config_kv, stop))
-    intake = Intake(js, settings, waiters, policy_state)
+    es = EmergencyStops()
+    es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
+    es_task = asyncio.create_task(es.follow(es_kv, stop))
+    await es.ready.wait()
+    intake = Intake(js, settings, waiters, policy_state, es)
     service = await nats.micro.add_service(nc, name="wf-intake", version=VERSION, description="takes WorkReqs and exec requests")
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),
         ConcurrentEndpoint("exec", intake.exec, settings.max_in_flight),
+        ConcurrentEndpoint("cancel", intake.cancel, settings.max_in_flight),
     ]
     for ep in endpoints:
         await ep.register(service, f"wf.api.{ep.name}")
     await stop.wait()
     await follow_task
+    await es_task
     await service.stop()
     for ep in endpoints:
         await ep.drain()

@@ -1,13 +1,20 @@
-"""Running one job command: `started`, the job, then `completed` or `failed`, then the ack.
+"""Running job commands: `started`, the job, then `completed` or `failed`, then the ack.
 
 Delivery is at-least-once: a runner that dies mid-job leaves the command to be redelivered after
 the ack wait, and the job runs again (each attempt has its own id, `JobContext.attempt_id`). A
-redelivered command whose job already has a terminal event is only acked, not run again."""
+redelivered command whose job already has a terminal event is only acked, not run again; one
+delivered more than `max_deliveries` times fails with an error that says so, so it never hangs.
+
+A job's task is cancelled (not just ignored) when its workflow ends early (fatal failure, failure
+budget, emergency stop, cancel) or its WorkReq name is emergency-stopped; it is then reported
+`failed` with the reason. Commands of such workflows that were not started yet are dropped."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -15,13 +22,30 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import JobCommand, JobCompleted, JobFailed, JobStarted, command_decoder
+from schemas import (
+    JobCommand,
+    JobCompleted,
+    JobFailed,
+    JobStarted,
+    WorkflowEnded,
+    command_decoder,
+    event_decoder,
+)
 from services.common.bus import last_event, publish_event
+from services.common.es import EmergencyStops
 from services.common.topology import RUNNER_ACK_WAIT_S
-from services.jobs import JobContext, JobError, JobRegistry
+from services.jobs import Job, JobContext, JobError, JobRegistry
 
 log = structlog.get_logger()
 KEEPALIVE_S = RUNNER_ACK_WAIT_S / 3
+ENDED_MEMORY = 10_000
+
+STOP_REASONS = {
+    "es": "cancelled: emergency stop",
+    "cancel": "cancelled by request",
+    "fatal": "cancelled: a fatal failure ended its block",
+    "max_failures": "cancelled: the workflow's failure budget was spent",
+}
 
 
 async def already_ended(js: JetStreamContext, cmd: JobCommand) -> bool:
@@ -42,52 +66,133 @@ async def keep_alive(msg: Msg) -> None:
             log.warning("keepalive_failed", error=repr(exc))
 
 
-async def run_job(jobs: JobRegistry, cmd: JobCommand, ctx: JobContext) -> JobCompleted | JobFailed:
-    job = jobs.get(cmd.name)
-
-    def failed(error: str, fatal: bool) -> JobFailed:
-        return JobFailed(id=cmd.id, block=cmd.block, job=cmd.job, attempt=ctx.attempt, at=time.time(), error=error, fatal=fatal)
-
-    if job is None:
-        return failed(f"unknown job {cmd.name!r}", True)
-    try:
-        await job.run(cmd.args, ctx)
-    except JobError as err:
-        return failed(err.message, err.fatal)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # a job's own bug fails the job, never the runner
-        log.exception("job_crashed")
-        return failed(f"job crashed: {exc!r}", False)
-    return JobCompleted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=ctx.attempt, at=time.time())
+@dataclass
+class Running:
+    task: asyncio.Task[None]
+    workreq: str
+    stop_reason: str = ""
 
 
-async def handle_command(msg: Msg, js: JetStreamContext, jobs: JobRegistry, time_scale: float) -> None:
-    started = time.perf_counter()
-    try:
-        cmd = command_decoder.decode(msg.data)
-    except msgspec.DecodeError as exc:
-        log.error("bad_command_terminated", subject=msg.subject, error=str(exc))
-        await msg.term()
-        return
-    attempt = msg.metadata.num_delivered
-    structlog.contextvars.bind_contextvars(workflow_id=cmd.id, block=cmd.block, job=cmd.job, job_name=cmd.name, attempt=attempt)
-    if attempt > 1 and await already_ended(js, cmd):
+class JobRunner:
+    def __init__(self, js: JetStreamContext, jobs: JobRegistry, time_scale: float, es: EmergencyStops, max_deliveries: int) -> None:
+        self.js = js
+        self.jobs = jobs
+        self.time_scale = time_scale
+        self.es = es
+        self.max_deliveries = max_deliveries
+        self.running: dict[tuple[str, int, int], Running] = {}
+        self.ended: OrderedDict[str, str] = OrderedDict()  # recently ended workflows -> why
+        es.on_change(self.on_emergency_stop)
+
+    # ------------------------------------------------------------ stopping running jobs
+
+    def _cancel(self, predicate: object, reason: str) -> None:
+        for key, running in list(self.running.items()):
+            if predicate(key, running):  # type: ignore[operator]
+                running.stop_reason = running.stop_reason or reason
+                running.task.cancel()
+
+    def on_emergency_stop(self, workreq: str, go: bool) -> None:
+        if not go:
+            self._cancel(lambda key, r: r.workreq == workreq, STOP_REASONS["es"])
+
+    async def on_workflow_event(self, msg: Msg) -> None:
+        try:
+            ev = event_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        if not isinstance(ev, WorkflowEnded):
+            return
+        reason = STOP_REASONS.get(ev.stopped_by, f"cancelled: the workflow ended {ev.status}")
+        self.ended[ev.id] = reason
+        while len(self.ended) > ENDED_MEMORY:
+            self.ended.popitem(last=False)
+        self._cancel(lambda key, r: key[0] == ev.id, reason)
+
+    # ------------------------------------------------------------ one command
+
+    async def handle(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        try:
+            cmd = command_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("bad_command_terminated", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered
+        structlog.contextvars.bind_contextvars(
+            workflow_id=cmd.id, block=cmd.block, job=cmd.job, job_name=cmd.name, attempt=attempt
+        )
+        skip = await self._skip_reason(cmd, attempt)
+        if skip:
+            await msg.ack()
+            log.info("job_handled", outcome=skip)
+            return
+        job = self.jobs.get(cmd.name)
+        limit = max(self.max_deliveries, getattr(job, "max_attempts", 1))
+        if attempt > limit:
+            error = (f"gave up after {attempt - 1} deliveries: each runner that took it died or lost its connection "
+                     f"before finishing (limit {limit})")
+            await publish_event(self.js, self._failed(cmd, attempt, error))
+            await msg.term()
+            log.info("job_handled", outcome="delivery_limit", error=error)
+            return
+        await publish_event(self.js, JobStarted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time()))
+        result = await self._run(msg, cmd, job, attempt)
+        if isinstance(result, JobFailed) and result.retrying:
+            delay_s = getattr(job, "retry_base_s", 1.0) * 2 ** (attempt - 1)
+            await publish_event(self.js, result)
+            await msg.nak(delay=delay_s)
+            log.info("job_handled", outcome="retrying", error=result.error, retry_in_s=delay_s)
+            return
+        await publish_event(self.js, result)
         await msg.ack()
-        log.info("job_handled", outcome="already_ended")
-        return
-    await publish_event(js, JobStarted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time()))
-    ctx = JobContext(workflow_id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, time_scale=time_scale, log=log)
-    keepalive = asyncio.create_task(keep_alive(msg))
-    try:
-        result = await run_job(jobs, cmd, ctx)
-    finally:
-        keepalive.cancel()
-    await publish_event(js, result)
-    await msg.ack()
-    log.info(
-        "job_handled",
-        outcome="completed" if isinstance(result, JobCompleted) else "failed",
-        error=getattr(result, "error", ""),
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+        log.info(
+            "job_handled",
+            outcome="completed" if isinstance(result, JobCompleted) else "failed",
+            error=getattr(result, "error", ""),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _skip_reason(self, cmd: JobCommand, attempt: int) -> str:
+        if cmd.id in self.ended:
+            return "skipped_workflow_ended"
+        if cmd.workreq and not self.es.is_go(cmd.workreq):
+            return "skipped_emergency_stop"
+        if attempt > 1 and await already_ended(self.js, cmd):
+            return "already_ended"
+        return ""
+
+    @staticmethod
+    def _failed(cmd: JobCommand, attempt: int, error: str, *, fatal: bool = False, retrying: bool = False) -> JobFailed:
+        return JobFailed(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time(),
+                         error=error, fatal=fatal, retrying=retrying)
+
+    async def _run(self, msg: Msg, cmd: JobCommand, job: Job | None, attempt: int) -> JobCompleted | JobFailed:
+        if job is None:
+            return self._failed(cmd, attempt, f"unknown job {cmd.name!r}", fatal=True)
+        key = (cmd.id, cmd.block, cmd.job)
+        task = asyncio.current_task()
+        assert task is not None
+        self.running[key] = Running(task, cmd.workreq)
+        ctx = JobContext(workflow_id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, time_scale=self.time_scale, log=log)
+        keepalive = asyncio.create_task(keep_alive(msg))
+        try:
+            await job.run(cmd.args, ctx)
+        except asyncio.CancelledError:
+            reason = self.running[key].stop_reason
+            if not reason:
+                raise  # shutting down: the caller hands the command back
+            task.uncancel()
+            log.info("job_cancelled", reason=reason)
+            return self._failed(cmd, attempt, reason)
+        except JobError as err:
+            retrying = err.retryable and attempt < getattr(job, "max_attempts", 1)
+            return self._failed(cmd, attempt, err.message, fatal=err.fatal, retrying=retrying)
+        except Exception as exc:  # a job's own bug fails the job, never the runner
+            log.exception("job_crashed")
+            return self._failed(cmd, attempt, f"job crashed: {exc!r}")
+        finally:
+            keepalive.cancel()
+            self.running.pop(key, None)
+        return JobCompleted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time())

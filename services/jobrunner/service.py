@@ -11,26 +11,26 @@ import nats.errors
 import nats.micro
 import structlog
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 from services.buckets import BucketStore
 from services.common.bus import connect
+from services.common.es import EmergencyStops
 from services.common.lifecycle import bind_durable, shutdown, when_ready
 from services.common.settings import Settings
 from services.common.startup import job_registry_or_exit
-from services.common.topology import BUCKETS_BUCKET, JOBS_STREAM, RUNNER_CONSUMER
-from services.jobs import JobRegistry
+from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, JOBS_STREAM, RUNNER_CONSUMER
 
-from .runner import handle_command
+from .runner import JobRunner
 
 log = structlog.get_logger()
 VERSION = "0.1.0"
 FETCH_MAX = 64
 
 
-async def guarded(msg: Msg, js: JetStreamContext, jobs: JobRegistry, time_scale: float) -> None:
+async def guarded(msg: Msg, runner: JobRunner) -> None:
     try:
-        await handle_command(msg, js, jobs, time_scale)
+        await runner.handle(msg)
     except asyncio.CancelledError:
         # shutting down: hand the command back at once rather than after the ack wait
         await asyncio.shield(msg.nak())
@@ -44,6 +44,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     buckets_kv = await when_ready(lambda: js.key_value(BUCKETS_BUCKET), stop, what=BUCKETS_BUCKET)
     jobs = job_registry_or_exit(settings, BucketStore(buckets_kv))
+    es = EmergencyStops()
+    es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
+    es_task = asyncio.create_task(es.follow(es_kv, stop))
+    await es.ready.wait()
+    runner = JobRunner(js, jobs, settings.time_scale, es, settings.max_deliveries)
+    ended_sub = await js.subscribe(
+        "wf.evt.*.workflow.>", stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+        cb=runner.on_workflow_event, idle_heartbeat=2.0,
+    )
     service = await nats.micro.add_service(nc, name="wf-jobrunner", version=VERSION, description="runs registered jobs")
     sub = await bind_durable(js, JOBS_STREAM, RUNNER_CONSUMER, stop)
     running: set[asyncio.Task[None]] = set()
@@ -61,12 +70,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.5)
             continue
         for msg in msgs:
-            task = asyncio.create_task(guarded(msg, js, jobs, settings.time_scale))
+            task = asyncio.create_task(guarded(msg, runner))
             running.add(task)
             task.add_done_callback(running.discard)
     # Jobs still running are abandoned un-acked: their commands are redelivered to another runner.
     for task in running:
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
+    await ended_sub.unsubscribe()
+    await es_task
     await service.stop()
     await shutdown(nc, sub)

@@ -28,12 +28,16 @@ class ArgError(ValueError):
 
 
 class JobError(Exception):
-    """A job failed. `fatal` cancels the rest of its Block and stops later Blocks (the seed's rule)."""
+    """A job failed. `fatal` cancels the rest of its Block and stops later Blocks (the seed's rule).
 
-    def __init__(self, message: str, *, fatal: bool = False) -> None:
+    `retryable`: the runner tries the job again, up to the job's `max_attempts`, waiting
+    `retry_base_s` x 2^(attempt-1) between attempts; past that the job fails with this error."""
+
+    def __init__(self, message: str, *, fatal: bool = False, retryable: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.fatal = fatal
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +58,8 @@ class JobContext:
 
 
 class Job(Protocol):
+    """A job. It may also set `max_attempts` (default 1: no retry) and `retry_base_s` (default 1.0)."""
+
     name: str
     mandatory_args: frozenset[str]
     optional_args: frozenset[str]

@@ -5,7 +5,6 @@ unregistered job is a configuration error then, not a surprise at submit time.""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -15,6 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 from schemas import WorkReq
+from services.common.jsonstream import json_stream
 from services.jobs import JobRegistry
 
 
@@ -87,26 +87,13 @@ class PolicyConfig:
     by_name: dict[str, tuple[NamedCheck, ...]]
 
 
-def json_stream(text: str) -> list[Any]:
-    """A stream of JSON values, separated by white space (JSON lines, or pretty-printed objects)."""
-    decoder = json.JSONDecoder()
-    values: list[Any] = []
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return values
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not a stream of JSON objects: {exc}") from None
-        values.append(value)
-
-
 def parse_policy_config(text: str, policies: PolicyRegistry, jobs: JobRegistry) -> PolicyConfig:
     by_name: dict[str, tuple[NamedCheck, ...]] = {}
-    for n, value in enumerate(json_stream(text), start=1):
+    try:
+        values = json_stream(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for n, value in enumerate(values, start=1):
         try:
             entry = msgspec.convert(value, _PolicyEntry, strict=True)
         except msgspec.ValidationError as exc:

@@ -83,7 +83,12 @@ def _apply_job(status: StatusResp, ev: JobStarted | JobCompleted | JobFailed) ->
     if isinstance(ev, JobStarted):
         job.status = _advance(job.status, "running")
     elif isinstance(ev, JobCompleted):
-        job.status = _advance(job.status, "completed")
+        if _RANK[job.status] < 2:
+            job.status, job.error = "completed", ""
+    elif ev.retrying:
+        if _RANK[job.status] < 2:  # still going: show why the last attempt failed
+            job.status = "running"
+            job.error = f"attempt {ev.attempt} failed, retrying: {ev.error}"
     elif _RANK[job.status] < 2:
         job.status = "failed"
         job.error = ev.error

@@ -116,6 +116,7 @@ async def test_unknown_ids_give_404(nc, call):
 
 
 async def test_a_name_with_no_policy_is_rejected_stays_rejected_and_cannot_run(nc):
+    await (await nc.jetstream().key_value("wf_es")).put("NobodyConfiguredThis", b"go")  # else: 423
     with pytest.raises(WfError) as err:
         await client.submit(nc, workreq(name="NobodyConfiguredThis"))
     assert err.value.code == 400
@@ -158,7 +159,7 @@ async def test_all_five_services_answer_srv_ping(nc):
     seen = await ping_services(nc, wait_s=1.0)
     assert seen == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     info = json.loads((await nc.request("$SRV.INFO.wf-intake", b"", timeout=2)).data)
-    assert {e["subject"] for e in info["endpoints"]} == {"wf.api.submit", "wf.api.exec"}
+    assert {e["subject"] for e in info["endpoints"]} == {"wf.api.submit", "wf.api.exec", "wf.api.cancel"}
     stats = json.loads((await nc.request("$SRV.STATS.wf-status", b"", timeout=2)).data)
     assert stats["endpoints"][0]["num_requests"] > 0
 

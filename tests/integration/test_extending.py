@@ -39,6 +39,8 @@ async def test_a_plugin_job_and_policy_run_through_the_bus(tmp_path, plugin_site
     with open(config_dir / "policies.json", "a") as fh:
         fh.write('{"Name": "Countdown", "Policies": [{"Name": "restrictJobTypes", "Settings": {"AllowedJobs": ["countdown"]}},'
                  ' {"Name": "maxJobs", "Settings": {"Max": 3}}]}\n')
+    with open(config_dir / "es.json", "a") as fh:
+        fh.write('{"Name": "Countdown", "Status": "go"}\n')
     system = start_system(tmp_path, "--time-scale", "0.01", config_dir=config_dir, env={"PYTHONPATH": f"{plugin_site}:{REPO}"})
     nc = await nats.connect(system.url)
     try:

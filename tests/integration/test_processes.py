@@ -108,7 +108,7 @@ async def test_a_killed_service_is_restarted(tmp_path):
             async def submits():
                 try:
                     return await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
-                except (client.WfError, nats.errors.Error, asyncio.TimeoutError):
+                except (TimeoutError, client.WfError, nats.errors.Error):
                     return None
 
             assert (await eventually(submits, 15, what="intake to answer again"))["verdict"] == "approved"
@@ -178,6 +178,7 @@ def test_the_cli_walkthrough(system, tmp_path):
     as_json = json.loads(run("status", wf_id, "--json").stdout)
     assert as_json["id"] == wf_id and as_json["status"] == "completed"
 
+    assert run("es", "go", "Nope").stdout.strip() == "Nope go"  # a name with no emergency-stop key is stopped
     rejected = run("submit", "-", stdin=json.dumps({"name": "Nope", "blocks": [{"jobs": [{"name": "sleep", "args": {"seconds": "1"}}]}]}))
     assert rejected.returncode == 1 and "error 400: no policy for WorkReq name 'Nope'" in rejected.stderr
     rejected_id = rejected.stdout.split()[0]

@@ -103,3 +103,16 @@ def test_events_for_jobs_outside_the_workreq_are_ignored():
     status = fold(history()[:4])
     assert not apply(status, JobCompleted(id="W", at=0, block=5, job=0))
     assert not apply(status, JobCompleted(id="W", at=0, block=0, job=9))
+
+
+def test_a_retried_attempt_shows_its_error_until_the_job_ends():
+    base = history()[:6]  # ... block 0 started, job 0 started
+    retry = JobFailed(id="W", at=0, block=0, job=0, attempt=1, error="flaky", retrying=True)
+    status = fold([*base, retry])
+    job = status.blocks[0].jobs[0]
+    assert job.status == "running" and job.error == "attempt 1 failed, retrying: flaky"
+    assert not status.had_errors and not status.blocks[0].has_error
+    done = JobCompleted(id="W", at=0, block=0, job=0, attempt=2)
+    for order in ([retry, done], [done, retry]):
+        status = fold([*base, *order])
+        assert (status.blocks[0].jobs[0].status, status.blocks[0].jobs[0].error) == ("completed", "")

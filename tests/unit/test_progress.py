@@ -5,6 +5,7 @@ import json
 from schemas import (
     BlockEnded,
     BlockStarted,
+    CancelRequested,
     JobCompleted,
     JobFailed,
     JobStarted,
@@ -103,17 +104,59 @@ def test_a_non_fatal_failure_lets_the_block_finish_and_later_blocks_run():
     assert d.events[-1].status == "failed" and d.events[-1].had_errors
 
 
-def test_a_fatal_failure_stops_dispatch_waits_for_running_jobs_and_starts_no_later_block():
+def test_a_fatal_failure_ends_the_block_and_the_workflow_at_once():
     p = make([(2, 5), (5, 1)])
     step(p)  # jobs 0 and 1 dispatched
     finish(p, 0, 0, ok=False, fatal=True)
-    assert not step(p).dispatch  # job 1 still running: nothing new, the block does not end yet
-    finish(p, 0, 1)
-    d = step(p)
+    d = step(p)  # job 1 still runs: the runners cancel it when they see the workflow end
+    assert not d.dispatch
     assert kinds(d) == ["BlockEnded", "WorkflowEnded"]
     assert d.events[0].status == "failed" and d.events[1].status == "failed"
+    assert d.events[1].stopped_by == "fatal" and not d.events[1].was_es_stopped
     assert not any(job.dispatched for job in p.jobs[0][2:])  # the rest never ran
     assert not any(job.dispatched for job in p.jobs[1])
+    assert not step(p)
+
+
+def test_an_emergency_stop_mid_block_ends_everything_and_dispatches_nothing_more():
+    p = make([(2, 5), (5, 1)])
+    step(p)
+    finish(p, 0, 0)
+    p.stop("es")
+    d = step(p)
+    assert not d.dispatch
+    assert kinds(d) == ["BlockEnded", "WorkflowEnded"]
+    ended = d.events[1]
+    assert ended.status == "failed" and ended.was_es_stopped and ended.stopped_by == "es" and not ended.had_errors
+    assert [job.dispatched for job in p.jobs[0]] == [True, True, False, False, False]
+
+
+def test_a_stop_between_blocks_starts_no_next_block():
+    p = make([(5, 1), (5, 1)])
+    step(p)
+    finish(p, 0, 0)
+    p.apply(CancelRequested(id="W", at=0))
+    d = step(p)
+    assert kinds(d) == ["BlockEnded", "WorkflowEnded"]  # block 1 never starts
+    assert d.events[0].block == 0 and d.events[0].status == "completed"  # all its jobs had completed
+    assert d.events[1].stopped_by == "cancel" and d.events[1].status == "failed"
+
+
+def test_a_stop_before_anything_ran_still_ends_the_workflow():
+    p = make([(5, 2)])
+    p.stop("es")
+    d = step(p)
+    assert kinds(d) == ["WorkflowStarted", "WorkflowEnded"] and not d.dispatch
+    assert d.events[1].was_es_stopped
+
+
+def test_a_retrying_failure_keeps_the_job_in_flight():
+    p = make([(1, 2)])
+    step(p)
+    p.apply(JobFailed(id="W", at=0, block=0, job=0, error="flaky", retrying=True))
+    assert not step(p)  # job 0 is still in flight: job 1 waits
+    finish(p, 0, 0)
+    assert step(p).dispatch == [(0, 1)]
 
 
 def test_past_the_failure_budget_nothing_more_is_dispatched():
