@@ -194,6 +194,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         inventory_dir=Path(args.inventory_dir) if args.inventory_dir else None,
         time_scale=args.time_scale,
         runners=args.runners,
+        executors=args.executors,
         log_level=args.log_level,
     )
     return asyncio.run(run_up(opts))
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--inventory-dir", help="sites.json and machines.json (default: data/ of the checkout)")
     up.add_argument("--time-scale", type=float, default=1.0, help="multiplies simulated job durations; 0 = instant")
     up.add_argument("--runners", type=int, default=1, help="job runner processes (default 1)")
+    up.add_argument("--executors", type=int, default=1, help="executor processes (default 1); each owns some workflows")
     up.add_argument("--log-level", default=os.environ.get("WF_LOG_LEVEL", "info"))
     up.set_defaults(func=cmd_up, is_async=False)
 

@@ -25,7 +25,7 @@ from services.common.topology import ES_BUCKET, ensure_topology
 
 log = structlog.get_logger()
 
-SERVICES = ("intake", "policy", "executor", "status")
+SERVICES = ("intake", "policy", "status")
 STOP_GRACE_S = 10.0
 
 
@@ -39,6 +39,7 @@ class UpOptions:
     inventory_dir: Path | None = None
     time_scale: float = 1.0
     runners: int = 1
+    executors: int = 1
     log_level: str = "info"
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -176,7 +177,7 @@ class System:
         return [self.data_dir / "client.env", self.data_dir / "operator.env"]
 
     def expected(self) -> Counter[str]:
-        return Counter({f"wf-{name}": 1 for name in SERVICES} | {"wf-jobrunner": self.opts.runners})
+        return Counter({f"wf-{name}": 1 for name in SERVICES} | {"wf-executor": self.opts.executors, "wf-jobrunner": self.opts.runners})
 
     def _service_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -212,10 +213,12 @@ class System:
             es_state = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), self.opts.config_dir / "es.json")
             log.info("emergency_stops", **es_state)
             env = self._service_env()
-            names = [*SERVICES, *(["jobrunner"] * self.opts.runners)]
-            for i, name in enumerate(names):
-                label = name if name != "jobrunner" else f"jobrunner-{i - len(SERVICES) + 1}"
-                self.services.append(Supervised(label, [sys.executable, "-m", f"services.{name}"], env))
+            replicas = {"executor": self.opts.executors, "jobrunner": self.opts.runners}
+            for name in [*SERVICES, *replicas]:
+                count = replicas.get(name, 1)
+                for n in range(1, count + 1):
+                    label = name if name in SERVICES else f"{name}-{n}"
+                    self.services.append(Supervised(label, [sys.executable, "-m", f"services.{name}"], env))
             for svc in self.services:
                 await svc.start()
                 tasks.append(asyncio.create_task(svc.supervise(stopping)))

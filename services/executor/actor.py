@@ -22,6 +22,7 @@ from services.common.bus import follow_workflow, publish_all
 from services.common.es import EmergencyStops
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
 
+from .limits import DispatchLimits
 from .progress import Decision, WorkflowProgress
 
 log = structlog.get_logger()
@@ -33,11 +34,15 @@ class NotExecutable(Exception):
 
 
 class WorkflowActor:
-    def __init__(self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops) -> None:
+    def __init__(
+        self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops, limits: DispatchLimits | None = None
+    ) -> None:
         self.js = js
         self.id = wf_id
         self.exec_msg = exec_msg
         self.es = es
+        self.limits = limits
+        self._stopping = asyncio.Event()  # wakes a dispatch waiting for a token
         self.progress: WorkflowProgress | None = None
         self.approved = False
         self.caught_up = False
@@ -53,6 +58,7 @@ class WorkflowActor:
         if self.progress is None or self.progress.ended:
             return
         self.progress.stop(reason)
+        self._stopping.set()
         if self.caught_up:
             task = asyncio.create_task(self._step())
             self._stop_tasks.add(task)
@@ -151,19 +157,30 @@ class WorkflowActor:
     async def _emit(self, decision: Decision) -> None:
         assert self.progress is not None
         now = time.time()
-        blocks = self.progress.req.blocks
+        req = self.progress.req
         commands = [
             JobCommand(
-                id=self.id, block=b, job=j, name=blocks[b].jobs[j].name, args=blocks[b].jobs[j].args, at=now,
-                workreq=self.progress.req.name,
+                id=self.id, block=b, job=j, name=req.blocks[b].jobs[j].name, args=req.blocks[b].jobs[j].args, at=now,
+                workreq=req.name,
             )
             for b, j in decision.dispatch
         ]
         # Events first (their acks awaited), so a block's `started` is stored before its commands.
         await publish_all(self.js, decision.events)
-        await publish_all(self.js, (), commands)
-        self.progress.commit(decision)
         for ev in decision.events:
+            self.progress.apply(ev)
             log.info("event_emitted", type=ev.__struct_config__.tag, block=getattr(ev, "block", None))
+        free = [cmd for cmd in commands if self.limits is None or not self.limits.limited(cmd.name)]
+        await publish_all(self.js, (), free)
+        for cmd in free:
+            self.progress.mark_dispatched(cmd.block, cmd.job)
+        for cmd in commands:
+            if cmd in free:
+                continue
+            assert self.limits is not None
+            if not await self.limits.take(cmd.name, self._stopping):
+                return  # stopped while waiting for a token: the rest is never dispatched
+            await publish_all(self.js, (), [cmd])
+            self.progress.mark_dispatched(cmd.block, cmd.job)
         if commands:
             log.debug("jobs_dispatched", count=len(commands), block=commands[0].block)

@@ -11,22 +11,25 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import ExecRequested, event_decoder
+from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
 from services.common.bus import connect
 from services.common.es import EmergencyStops
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, when_ready
 from services.common.settings import Settings
-from services.common.topology import ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER
+from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER
 
 from .actor import WorkflowActor
+from .limits import DispatchLimits
 
 log = structlog.get_logger()
 VERSION = "0.1.0"
 
 
 class Executor:
-    def __init__(self, js: JetStreamContext, es: EmergencyStops) -> None:
+    def __init__(self, js: JetStreamContext, es: EmergencyStops, limits: DispatchLimits | None = None) -> None:
         self.js = js
         self.es = es
+        self.limits = limits
         self.actors: dict[str, WorkflowActor] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         es.on_change(self.on_emergency_stop)
@@ -53,7 +56,7 @@ class Executor:
         if actor is not None:
             actor.renew(msg)
             return
-        actor = WorkflowActor(self.js, ev.id, msg, self.es)
+        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits)
         self.actors[ev.id] = actor
         task = asyncio.create_task(self._run(actor))
         self.tasks.add(task)
@@ -87,7 +90,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
     es_task = asyncio.create_task(es.follow(es_kv, stop))
     await es.ready.wait()  # never run a workflow before knowing whether its name is stopped
-    executor = Executor(js, es)
+    try:
+        buckets = load_bucket_configs(settings.config_dir / "buckets.json")
+    except BucketConfigError as exc:
+        log.error("startup_failed", error=str(exc))
+        raise SystemExit(2) from None
+    buckets_kv = await when_ready(lambda: js.key_value(BUCKETS_BUCKET), stop, what=BUCKETS_BUCKET)
+    limits = DispatchLimits(buckets, BucketStore(buckets_kv))
+    log.info("dispatch_limits", jobs=sorted(limits.by_job))
+    executor = Executor(js, es, limits)
     sub = await bind_durable(js, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
     async for batch in fetch_batches(sub, 32, stop):
         for msg in batch:
