@@ -85,3 +85,28 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[str]:
+    """A bare JetStream nats-server on a free loopback port, store in a temp dir; yields its URL."""
+    from wf.up import find_nats_server
+
+    port = free_port()
+    proc = subprocess.Popen([find_nats_server(None), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("nats-server did not start")
+            time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

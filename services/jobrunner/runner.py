@@ -49,11 +49,15 @@ STOP_REASONS = {
 
 
 async def already_ended(js: JetStreamContext, cmd: JobCommand) -> bool:
+    """Whether the job has a terminal event: completed, or failed for good (not a retried attempt)."""
     base = f"wf.evt.{cmd.id}.job.{cmd.block}.{cmd.job}"
-    for state in ("completed", "failed"):
-        if await last_event(js, f"{base}.{state}") is not None:
-            return True
-    return False
+    if await last_event(js, f"{base}.completed") is not None:
+        return True
+    failed = await last_event(js, f"{base}.failed")
+    if failed is None:
+        return False
+    ev = event_decoder.decode(failed.data)
+    return not (isinstance(ev, JobFailed) and ev.retrying)
 
 
 async def keep_alive(msg: Msg) -> None:

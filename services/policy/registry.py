@@ -127,9 +127,14 @@ def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) 
 
 
 def builtin_policies() -> list[Policy]:
-    from .policies import restrict_job_types, same_args, start_or_end
+    from .policies import max_failures, restrict_job_types, same_args, start_or_end
 
-    return [restrict_job_types.RestrictJobTypes(), same_args.SameArgs(), start_or_end.StartOrEnd()]
+    return [
+        max_failures.MaxFailures(),
+        restrict_job_types.RestrictJobTypes(),
+        same_args.SameArgs(),
+        start_or_end.StartOrEnd(),
+    ]
 
 
 POLICIES_ENTRY_POINTS = "wf.policies"

@@ -10,6 +10,8 @@ import sys
 import nats
 import pytest
 
+from schemas import JobFailed, JobStarted, event_decoder
+from services.common.bus import read_history
 from tests.conftest import REPO, eventually, start_system
 from wf import client
 from wf.client import WfError
@@ -37,7 +39,7 @@ async def test_a_plugin_job_and_policy_run_through_the_bus(tmp_path, plugin_site
     config_dir = tmp_path / "configs"
     shutil.copytree(REPO / "configs", config_dir)
     with open(config_dir / "policies.json", "a") as fh:
-        fh.write('{"Name": "Countdown", "Policies": [{"Name": "restrictJobTypes", "Settings": {"AllowedJobs": ["countdown"]}},'
+        fh.write('{"Name": "Countdown", "Policies": [{"Name": "restrictJobTypes", "Settings": {"AllowedJobs": ["countdown", "flaky"]}},'
                  ' {"Name": "maxJobs", "Settings": {"Max": 3}}]}\n')
     with open(config_dir / "es.json", "a") as fh:
         fh.write('{"Name": "Countdown", "Status": "go"}\n')
@@ -49,14 +51,37 @@ async def test_a_plugin_job_and_policy_run_through_the_bus(tmp_path, plugin_site
         assert reply["verdict"] == "approved"
         await client.execute(nc, reply["id"])
 
-        async def ended():
-            status = await client.status(nc, reply["id"])
+        async def ended_status(wf_id):
+            status = await client.status(nc, wf_id)
             return status if status["status"] in ("completed", "failed") else None
 
-        status = await eventually(ended, what="the plugin's workflow to end")
+        status = await eventually(lambda: ended_status(reply["id"]), what="the plugin's workflow to end")
         jobs = status["blocks"][0]["jobs"]
         assert [j["status"] for j in jobs] == ["completed", "failed"]
         assert jobs[1]["error"] == "countdown reached 1"
+
+        # retries: attempt 2 succeeds; succeedAt 5 is past max_attempts 3
+        reply = await client.submit(nc, workreq({"name": "flaky", "args": {"succeedAt": "2"}},
+                                                {"name": "flaky", "args": {"succeedAt": "5"}}))
+        await client.execute(nc, reply["id"])
+        jobs = (await eventually(lambda: ended_status(reply["id"]), what="the retried jobs"))["blocks"][0]["jobs"]
+        assert [j["status"] for j in jobs] == ["completed", "failed"]
+        assert jobs[0]["error"] == "" and jobs[1]["error"] == "not yet (attempt 3)"
+        events = [event_decoder.decode(m.data) for m in await read_history(nc.jetstream(), reply["id"])]
+        assert sorted(e.attempt for e in events if isinstance(e, JobStarted) and e.job == 0) == [1, 2]
+        assert sorted(e.attempt for e in events if isinstance(e, JobStarted) and e.job == 1) == [1, 2, 3]
+        assert sorted((e.attempt, e.retrying) for e in events if isinstance(e, JobFailed) and e.job == 1) == [
+            (1, True), (2, True), (3, False)]
+
+        # a failure budget of 1: the second failure ends the workflow, the rest never starts
+        failing = {"name": "countdown", "args": {"from": "1", "failAt": "1"}}
+        body = json.loads(workreq(failing, failing, failing))
+        body["blocks"][0]["rate_limit"] = 1
+        reply = await client.submit(nc, json.dumps({**body, "max_failures": 1}).encode())
+        await client.execute(nc, reply["id"])
+        status = await eventually(lambda: ended_status(reply["id"]), what="the budgeted workflow")
+        assert [j["status"] for j in status["blocks"][0]["jobs"]] == ["failed", "failed", "not_started"]
+        assert status["status"] == "failed" and status["had_errors"]
 
         with pytest.raises(WfError) as err:
             await client.submit(nc, workreq(*[{"name": "countdown", "args": {"from": "1"}}] * 4))

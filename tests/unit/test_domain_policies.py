@@ -142,3 +142,18 @@ async def test_the_first_violation_in_configured_order_is_reported(jobs):
 
     config = PolicyConfig({"X": (NamedCheck("a", lambda r: None), NamedCheck("b", violated("B")), NamedCheck("c", violated("C")))})
     assert await decide(req([sleep()], name="X"), jobs, config) == "policy(b) violation: B"
+
+
+def test_max_failures_requires_a_budget_no_larger_than_max(jobs):
+    from services.policy.policies.max_failures import MaxFailures
+
+    check = MaxFailures().build({"Max": 2}, jobs)
+    body = {"name": "X", "blocks": [{"jobs": [sleep()]}]}
+    for budget in (0, 2):
+        check(workreq_decoder.decode(json.dumps({**body, "max_failures": budget}).encode()))
+    with pytest.raises(PolicyViolation, match="max_failures must be set, at most 2"):
+        check(workreq_decoder.decode(json.dumps(body).encode()))
+    with pytest.raises(PolicyViolation, match="max_failures 3 is above Max 2"):
+        check(workreq_decoder.decode(json.dumps({**body, "max_failures": 3}).encode()))
+    with pytest.raises(ConfigError, match="bad Settings"):
+        MaxFailures().build({"Max": -1}, jobs)

@@ -42,6 +42,36 @@ class CountdownJob:
             await asyncio.sleep(ctx.time_scale)
 
 
+class FlakyJob:
+    """Register name: "flaky"
+
+    Args:
+        "succeedAt"(mandatory): the attempt that succeeds, an integer >= 1, like "2"
+
+    Result:
+        Fails with a retryable error on every attempt before `succeedAt`. The runner retries it up
+        to 3 attempts (max_attempts), 0.05 s, then 0.1 s apart; past that it fails.
+    """
+
+    name = "flaky"
+    mandatory_args = frozenset({"succeedAt"})
+    optional_args: frozenset[str] = frozenset()
+    max_attempts = 3
+    retry_base_s = 0.05
+
+    def validate(self, args: Mapping[str, str]) -> None:
+        if not args["succeedAt"].isdigit() or int(args["succeedAt"]) < 1:
+            raise ArgError("succeedAt", f"'succeedAt' must be an integer >= 1, got {args['succeedAt']!r}")
+
+    async def run(self, args: Mapping[str, str], ctx: JobContext) -> None:
+        if ctx.attempt < int(args["succeedAt"]):
+            raise JobError(f"not yet (attempt {ctx.attempt})", retryable=True)
+
+
+def flaky_job(env: JobEnv) -> FlakyJob:
+    return FlakyJob()
+
+
 def countdown_job(env: JobEnv) -> CountdownJob:
     """The entry point: called once at start-up with the inventory and buckets, returns the job."""
     return CountdownJob()
