@@ -52,7 +52,7 @@ def safety_system(tmp_path_factory):
     """Real durations (time scale 1): a job still running when its workflow stops was truly cancelled."""
     tmp = tmp_path_factory.mktemp("safety")
     configure(tmp / "configs", {"drained": {"size": 1, "refill": 1, "every": "1h"}})
-    system = start_system(tmp, "--time-scale", "1", "--runners", "2", config_dir=tmp / "configs")
+    system = start_system(tmp, "--time-scale", "1", "--executors", "2", "--runners", "2", config_dir=tmp / "configs")
     yield system
     assert system.stop() == 0, system.log_tail()
 
@@ -254,3 +254,43 @@ async def test_a_dispatch_bucket_holds_the_command_rate_across_several_executors
     finally:
         await nc.close()
         assert system.stop() == 0
+
+
+async def test_es_json_seeds_wf_es_without_lifting_an_operators_stop_and_a_bad_file_stops_all(nats_server, tmp_path):
+    from services.common.es_seed import seed_emergency_stops
+
+    nc = await nats.connect(nats_server)
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js)
+        kv = await js.key_value("wf_es")
+        path = tmp_path / "es.json"
+        path.write_text('{"Name": "A", "Status": "go"}\n{"Name": "B", "Status": "stop"}\n')
+        assert await seed_emergency_stops(kv, path) == {"A": "go", "B": "stop"}
+        await kv.put("A", b"stop")  # an operator stops A; wf up restarts with the same file
+        path.write_text('{"Name": "A", "Status": "go"}\n{"Name": "B", "Status": "go"}\n{"Name": "C", "Status": "go"}\n')
+        assert await seed_emergency_stops(kv, path) == {"A": "stop", "B": "stop", "C": "go"}
+        path.write_text('{"Name": "A", "Status": "gogo"}\n')
+        assert await seed_emergency_stops(kv, path) == {"A": "stop", "B": "stop", "C": "stop"}
+    finally:
+        await nc.close()
+
+
+async def test_a_token_comes_back_after_the_interval(nats_server):
+    nc = await nats.connect(nats_server)
+    try:
+        await ensure_topology(nc.jetstream())
+        store = BucketStore(await nc.jetstream().key_value("wf_buckets"))
+        config = BucketConfig(size=1, refill=1, every="1s")
+        assert await store.take("refill", config) == 0.0
+        wait_s = await store.take("refill", config)
+        assert 0.5 < wait_s <= 1.0
+        loop = asyncio.get_running_loop()
+        due = loop.time() + wait_s
+
+        async def refilled():
+            return loop.time() >= due and await store.take("refill", config) == 0.0
+
+        await eventually(refilled, 5, what="the refill")
+    finally:
+        await nc.close()

@@ -136,3 +136,19 @@ def test_refill_adds_whole_intervals_up_to_the_size():
     assert refilled(empty, config, 1000.0).tokens == 3
     full = BucketState(tokens=3, at=0.0)
     assert refilled(full, config, 500.0) == BucketState(3, 500.0)  # a full bucket banks no time
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('{"Name": "A", "Status": "Go"}', "Status must be"),
+        ('{"Name": "A"}', "missing required field `Status`"),
+        ('{"Name": "A", "Status": "go"}\n{"Name": "A", "Status": "stop"}', "appears twice"),
+        ("{broken", "not a stream of JSON objects"),
+    ],
+)
+def test_a_bad_es_json_is_refused(text, fragment):
+    from services.common.es import EsConfigError, parse_es_config
+
+    with pytest.raises(EsConfigError, match=fragment):
+        parse_es_config(text)
