@@ -166,14 +166,12 @@ class WorkflowActor:
             for b, j in decision.dispatch
         ]
         # Events first (their acks awaited), so a block's `started` is stored before its commands.
-        await publish_all(self.js, decision.events)
-        for ev in decision.events:
-            self.progress.apply(ev)
-            log.info("event_emitted", type=ev.__struct_config__.tag, block=getattr(ev, "block", None))
         free = [cmd for cmd in commands if self.limits is None or not self.limits.limited(cmd.name)]
+        await publish_all(self.js, decision.events)
         await publish_all(self.js, (), free)
-        for cmd in free:
-            self.progress.mark_dispatched(cmd.block, cmd.job)
+        self.progress.commit(Decision(events=decision.events, dispatch=[(cmd.block, cmd.job) for cmd in free]))
+        for ev in decision.events:
+            log.info("event_emitted", type=ev.__struct_config__.tag, block=getattr(ev, "block", None))
         for cmd in commands:
             if cmd in free:
                 continue
