@@ -20,6 +20,8 @@ import nats.js.errors
 from msgspec import Meta
 from nats.js.kv import KeyValue
 
+from services.common.configfile import load_config
+
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -68,14 +70,7 @@ def parse_bucket_configs(text: str) -> dict[str, BucketConfig]:
 
 
 def load_bucket_configs(path: Path) -> dict[str, BucketConfig]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise BucketConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return parse_bucket_configs(text)
-    except BucketConfigError as exc:
-        raise BucketConfigError(f"{path}: {exc}") from None
+    return load_config(path, parse_bucket_configs, BucketConfigError)
 
 
 class BucketState(msgspec.Struct):

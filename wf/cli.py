@@ -69,28 +69,25 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_exec(args: argparse.Namespace) -> int:
+async def _id_command(args: argparse.Namespace, call) -> int:  # type: ignore[no-untyped-def]
+    """`wf exec ID` and `wf cancel ID`: one request, the id printed on success."""
     nc = await _connect(args)
     try:
-        reply = await client.execute(nc, args.id)
+        reply = await call(nc, args.id)
     except client.WfError as err:
         return _fail(_error_text(err))
     finally:
         await nc.close()
     print(reply["id"])
     return 0
+
+
+async def cmd_exec(args: argparse.Namespace) -> int:
+    return await _id_command(args, client.execute)
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    nc = await _connect(args)
-    try:
-        reply = await client.cancel(nc, args.id)
-    except client.WfError as err:
-        return _fail(_error_text(err))
-    finally:
-        await nc.close()
-    print(reply["id"])
-    return 0
+    return await _id_command(args, client.cancel)
 
 
 async def cmd_es(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import nats
 import nats.errors
@@ -12,6 +12,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from schemas import Event, JobCommand, encoder, event_msg_id, event_subject, job_command_subject
 
@@ -105,3 +106,17 @@ async def read_history(js: JetStreamContext, wf_id: str, timeout_s: float = 5.0)
                     return msgs
     finally:
         await sub.unsubscribe()
+
+
+async def kv_updates(kv: KeyValue, stop: asyncio.Event, key: str | None = None) -> AsyncIterator[KeyValue.Entry | None]:
+    """A KV watch (one key, or all) until stopped: current values, `None` once caught up, then every
+    update as it happens. Deletes come as entries whose `operation` is DEL or PURGE."""
+    watcher = await (kv.watch(key) if key is not None else kv.watchall())
+    try:
+        while not stop.is_set():
+            try:
+                yield await watcher.updates(timeout=1.0)
+            except TimeoutError:
+                continue
+    finally:
+        await watcher.stop()

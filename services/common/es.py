@@ -13,6 +13,8 @@ import msgspec
 import structlog
 from nats.js.kv import KeyValue
 
+from .bus import kv_updates
+from .configfile import load_config
 from .jsonstream import json_stream
 
 log = structlog.get_logger()
@@ -50,14 +52,7 @@ def parse_es_config(text: str) -> dict[str, str]:
 
 
 def load_es_config(path: Path) -> dict[str, str]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise EsConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return parse_es_config(text)
-    except EsConfigError as exc:
-        raise EsConfigError(f"{path}: {exc}") from None
+    return load_config(path, parse_es_config, EsConfigError)
 
 
 Listener = Callable[[str, bool], None]  # (WorkReq name, is it go now)
@@ -93,17 +88,9 @@ class EmergencyStops:
                 listener(name, now_go)
 
     async def follow(self, kv: KeyValue, stop: asyncio.Event) -> None:
-        watcher = await kv.watchall()
-        try:
-            while not stop.is_set():
-                try:
-                    entry = await watcher.updates(timeout=1.0)
-                except TimeoutError:
-                    continue
-                if entry is None:
-                    self.ready.set()
-                    continue
-                deleted = entry.operation in ("DEL", "PURGE")
-                self._set(entry.key, None if deleted or entry.value is None else entry.value.decode(errors="replace"))
-        finally:
-            await watcher.stop()
+        async for entry in kv_updates(kv, stop):
+            if entry is None:
+                self.ready.set()
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            self._set(entry.key, None if deleted or entry.value is None else entry.value.decode(errors="replace"))

@@ -32,7 +32,7 @@ from schemas import (
     event_decoder,
     workreq_decoder,
 )
-from services.common.bus import connect, last_event, publish_event
+from services.common.bus import connect, kv_updates, last_event, publish_event
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.es import EmergencyStops
 from services.common.ids import new_id
@@ -80,21 +80,14 @@ class PolicyConfigState:
         self.error = ""
 
     async def follow(self, kv: KeyValue, stop: asyncio.Event) -> None:
-        watcher = await kv.watch(POLICY_STATE_KEY)
-        try:
-            while not stop.is_set():
-                try:
-                    entry = await watcher.updates(timeout=1.0)
-                except TimeoutError:
-                    continue
-                if entry is None or not entry.value:
-                    continue
-                try:
-                    self.error = "" if (state := json.loads(entry.value)).get("ok") else str(state.get("error", "invalid"))
-                except (ValueError, AttributeError):
-                    log.warning("bad_policy_state_ignored")
-        finally:
-            await watcher.stop()
+        async for entry in kv_updates(kv, stop, POLICY_STATE_KEY):
+            if entry is None or not entry.value:
+                continue
+            try:
+                state = json.loads(entry.value)
+                self.error = "" if state.get("ok") else str(state.get("error", "invalid"))
+            except (ValueError, AttributeError):
+                log.warning("bad_policy_state_ignored")
 
 
 class Intake:

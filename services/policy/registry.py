@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 from schemas import WorkReq
+from services.common.configfile import load_config
 from services.common.jsonstream import json_stream
 from services.jobs import JobRegistry
 
@@ -116,14 +117,7 @@ def parse_policy_config(text: str, policies: PolicyRegistry, jobs: JobRegistry) 
 
 
 def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) -> PolicyConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return parse_policy_config(text, policies, jobs)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_config(path, lambda text: parse_policy_config(text, policies, jobs), ConfigError)
 
 
 def builtin_policies() -> list[Policy]:
