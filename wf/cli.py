@@ -25,7 +25,7 @@ from services.inventory import InventoryError, load_inventory
 
 from . import client
 from .erase import EraseRefused, erase_satellite_workreq
-from .render import TERMINAL, render, summary_line
+from .render import TERMINAL, list_table, render, summary_line
 from .up import UpOptions, die_with_parent, free_port, run_up
 
 DEMO_SITE = "aap"
@@ -111,6 +111,29 @@ async def cmd_es(args: argparse.Namespace) -> int:
         return 0
     finally:
         await nc.close()
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    """Recent workflows from the projection (KV `wf_status`), newest first: ids are time-ordered."""
+    nc = await _connect(args)
+    try:
+        kv = await nc.jetstream().key_value(STATUS_BUCKET)
+        try:
+            ids = sorted(await kv.keys(), reverse=True)[: args.limit]
+        except nats.js.errors.NoKeysError:
+            ids = []
+        statuses = []
+        for wf_id in ids:
+            entry = await kv.get(wf_id)
+            if entry.value:
+                statuses.append(json.loads(entry.value))
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps(statuses))
+        return 0
+    print(list_table(statuses))
+    return 0
 
 
 def exit_code(status: dict) -> int:  # type: ignore[type-arg]
@@ -311,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="follow it live until it ends (exit 0 completed, 1 failed)")
     p.add_argument("--json", action="store_true", help="print the StatusResp JSON")
     p.set_defaults(func=cmd_status, is_async=True)
+
+    p = sub.add_parser("ls", help="recent workflows and their status, newest first")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help="a JSON list of StatusResp")
+    p.set_defaults(func=cmd_ls, is_async=True)
 
     p = sub.add_parser("cancel", help="stop one workflow now (as an emergency stop would)")
     p.add_argument("id")

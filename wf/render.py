@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 TERMINAL = ("completed", "failed")
@@ -55,3 +56,19 @@ def summary_line(status: dict[str, Any]) -> str:
     jobs = [job for block in blocks for job in block["jobs"]]
     where = f"block {current}/{len(blocks)}" if current is not None else f"{len(blocks)} blocks"
     return f"{status['id']} {status['status']} {where} jobs {_counts(jobs)}"
+
+
+def list_table(statuses: list[dict[str, Any]]) -> str:
+    """`wf ls`: one line per workflow, plain columns (pipe-friendly)."""
+    from services.common.ids import id_time_s
+
+    lines = [f"{'ID':<26}  {'SUBMITTED (UTC)':<19}  {'NAME':<22} {'VERDICT':<9} {'STATUS':<11} JOBS"]
+    for status in statuses:
+        jobs = [job for block in status["blocks"] for job in block["jobs"]]
+        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(id_time_s(status["id"])))
+        flags = " es_stopped" if status.get("was_es_stopped") else ""
+        lines.append(
+            f"{status['id']:<26}  {submitted:<19}  {status['name'][:22]:<22} {status['verdict']:<9} "
+            f"{status['status']:<11} {_counts(jobs)}{flags}"
+        )
+    return "\n".join(lines)

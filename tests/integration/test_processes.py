@@ -178,6 +178,13 @@ def test_the_cli_walkthrough(system, tmp_path):
     as_json = json.loads(run("status", wf_id, "--json").stdout)
     assert as_json["id"] == wf_id and as_json["status"] == "completed"
 
+    listed = run("ls", "--limit", "50").stdout.splitlines()
+    assert listed[0].split()[:2] == ["ID", "SUBMITTED"]
+    mine = next(line for line in listed if line.startswith(wf_id))
+    assert "SleepDemo" in mine and "completed" in mine and "9/9 done" in mine
+    ids = [line.split()[0] for line in listed[1:]]
+    assert ids == sorted(ids, reverse=True), "newest first"
+    assert json.loads(run("ls", "--json", "--limit", "1").stdout)[0]["id"] == ids[0]
     cancelled_late = run("cancel", wf_id)
     assert cancelled_late.returncode == 1 and "error 409" in cancelled_late.stderr  # it already ended
     assert run("es", "go", "Nope").stdout.strip() == "Nope go"  # a name with no emergency-stop key is stopped

@@ -1,0 +1,68 @@
+"""JSON Schema for every wire type, generated from the msgspec types, for clients in other languages.
+
+    python -m schemas.jsonschema           # rewrite schemas/json/
+    python -m schemas.jsonschema --check   # exit 1 if schemas/json/ is stale
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import schemas as s
+
+OUT_DIR = Path(__file__).resolve().parent / "json"
+
+TYPES: dict[str, Any] = {
+    "WorkReq": s.WorkReq,
+    "IdRequest": s.IdRequest,
+    "SubmitReply": s.SubmitReply,
+    "IdReply": s.IdReply,
+    "StatusResp": s.StatusResp,
+    "Event": s.Event,
+    "JobCommand": s.JobCommand,
+    **{cls.__name__: cls for cls in s.Event.__args__},  # type: ignore[attr-defined]
+}
+
+TITLES = {
+    "WorkReq": "A WorkReq: the body of wf.api.submit",
+    "IdRequest": "The body of wf.api.exec, wf.api.status and wf.api.cancel",
+    "SubmitReply": "The success reply of wf.api.submit",
+    "IdReply": "The success reply of wf.api.exec and wf.api.cancel",
+    "StatusResp": "A workflow's status: the reply of wf.api.status and the value in KV wf_status",
+    "Event": "Any event on wf.evt.<id>.<event> (stream WF_EVENTS), tagged by `type`",
+    "JobCommand": "A job command on wf.cmd.job.<id>.<block>.<job> (stream WF_JOBS)",
+}
+
+
+def render(name: str, typ: Any) -> str:
+    schema = msgspec.json.schema(typ)
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": TITLES.get(name, f"Event {name}"), **schema}
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def expected() -> dict[Path, str]:
+    return {OUT_DIR / f"{name}.json": render(name, typ) for name, typ in TYPES.items()}
+
+
+def main(argv: list[str]) -> int:
+    files = expected()
+    if "--check" in argv:
+        stale = sorted(str(p) for p, text in files.items() if not p.is_file() or p.read_text() != text)
+        extra = sorted(str(p) for p in OUT_DIR.glob("*.json") if p not in files)
+        if stale or extra:
+            print("schemas/json is stale; run: python -m schemas.jsonschema\n" + "\n".join(stale + extra), file=sys.stderr)
+            return 1
+        return 0
+    OUT_DIR.mkdir(exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,185 @@
+"""docs/operations.md, recipe by recipe: the same operations with nats-py, against a running system."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import nats.js.errors
+import pytest
+
+from tests.conftest import REPO, eventually
+from wf import client
+from wf.client import WfError
+from wf.up import ping_services
+
+pytestmark = pytest.mark.integration
+DOC = (REPO / "docs" / "operations.md").read_text()
+SLEEP = (REPO / "examples" / "sleep.json").read_bytes()
+
+
+def recipes() -> dict[str, str]:
+    """recipe id -> the commands under it."""
+    parts = re.split(r"<!-- recipe: ([\w-]+) -->", DOC)
+    return {parts[i]: parts[i + 1].split("```")[1] for i in range(1, len(parts), 2)}
+
+
+def test_every_recipe_has_a_test_here():
+    tested = {name.removeprefix("test_recipe_").replace("_", "-") for name in globals() if name.startswith("test_recipe_")}
+    assert set(recipes()) == tested
+
+
+async def test_every_name_the_recipes_use_exists(nc):
+    js = nc.jetstream()
+    text = "\n".join(recipes().values())
+    for stream in set(re.findall(r"\b(WF_[A-Z]+)\b", text)):
+        await js.stream_info(stream)
+    for stream, consumer in re.findall(r"consumer info (WF_[A-Z]+) (\w+)", text):
+        await js.consumer_info(stream, consumer)
+    for bucket in set(re.findall(r"kv \w+ (wf_\w+)", text)):
+        await js.key_value(bucket)
+    services = set(re.findall(r"\b(wf-[a-z]+)\b", text))
+    assert services == {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner"}
+    assert services <= set(await ping_services(nc, wait_s=1.0))
+    for subject in re.findall(r"nats req (wf\.api\.\w+)", text):
+        assert subject in {"wf.api.submit", "wf.api.exec", "wf.api.status", "wf.api.cancel"}
+
+
+async def run_one(nc) -> str:
+    reply = await client.submit(nc, SLEEP)
+    await client.execute(nc, reply["id"])
+
+    async def done():
+        return (await client.status(nc, reply["id"]))["status"] == "completed"
+
+    await eventually(done, what="the workflow")
+    return reply["id"]
+
+
+async def test_recipe_submit_exec_status(nc):
+    reply = json.loads((await nc.request("wf.api.submit", SLEEP, timeout=5)).data)
+    assert reply["verdict"] == "approved"
+    assert json.loads((await nc.request("wf.api.exec", json.dumps({"id": reply["id"]}).encode(), timeout=5)).data) == {"id": reply["id"]}
+    status = json.loads((await nc.request("wf.api.status", json.dumps({"id": reply["id"]}).encode(), timeout=5)).data)
+    assert status["id"] == reply["id"]
+    error = await nc.request("wf.api.exec", json.dumps({"id": reply["id"]}).encode(), timeout=5)
+    assert error.headers["Nats-Service-Error-Code"] == "409"
+    assert json.loads(error.data)["error"]["code"] == 409
+    idle = json.loads((await nc.request("wf.api.submit", SLEEP, timeout=5)).data)["id"]
+    cancelled = await nc.request("wf.api.cancel", json.dumps({"id": idle}).encode(), timeout=5)
+    assert json.loads(cancelled.data) == {"id": idle}
+    refused = await nc.request("wf.api.exec", json.dumps({"id": idle}).encode(), timeout=5)
+    assert json.loads(refused.data)["error"] == {"code": 409, "message": f"workflow {idle} was cancelled"}
+
+
+async def test_recipe_watch_workflow(nc):
+    reply = await client.submit(nc, SLEEP)
+    seen: list[str] = []
+
+    async def record(msg):
+        seen.append(msg.subject.removeprefix(f"wf.evt.{reply['id']}."))
+
+    sub = await nc.subscribe(f"wf.evt.{reply['id']}.>", cb=record)
+    await nc.flush()
+    await nc.flush()
+    await client.execute(nc, reply["id"])
+
+    async def ended():
+        return "workflow.completed" in seen
+
+    await eventually(ended, what="the live events")
+    await sub.unsubscribe()
+    assert seen[0] == "exec_requested" and "block.0.started" in seen and "job.0.0.completed" in seen
+
+
+async def test_recipe_event_history(nc):
+    wf_id = await run_one(nc)
+    js = nc.jetstream()
+    sub = await js.subscribe(f"wf.evt.{wf_id}.>", stream="WF_EVENTS", ordered_consumer=True)  # what `stream view` does
+    subjects = []
+    while True:
+        msg = await sub.next_msg(timeout=5)
+        subjects.append(msg.subject)
+        if msg.metadata.num_pending == 0:
+            break
+    await sub.unsubscribe()
+    assert subjects[0] == f"wf.evt.{wf_id}.submitted" and subjects[-1] == f"wf.evt.{wf_id}.workflow.completed"
+    info = await js.stream_info("WF_EVENTS", subjects_filter=f"wf.evt.{wf_id}.>")  # `stream subjects`
+    assert info.state.subjects[f"wf.evt.{wf_id}.job.0.0.completed"] == 1
+
+
+async def test_recipe_status_kv(nc):
+    kv = await nc.jetstream().key_value("wf_status")
+    watcher = await kv.watchall()  # `kv watch wf_status`
+    wf_id = await run_one(nc)
+    final = None
+    while final is None:
+        entry = await watcher.updates(timeout=10)
+        if entry is not None and entry.key == wf_id and json.loads(entry.value)["status"] == "completed":
+            final = json.loads(entry.value)
+    await watcher.stop()
+    assert json.loads((await kv.get(wf_id)).value) == final  # `kv get`
+    assert wf_id in await kv.keys()  # `kv ls`
+
+
+async def test_recipe_emergency_stop(nc):
+    es = await nc.jetstream().key_value("wf_es")
+    await es.put("SleepDemo", b"stop")
+    try:
+        async def refused():
+            try:
+                await client.submit(nc, SLEEP)
+            except WfError as err:
+                return err.code == 423
+            return False
+
+        await eventually(refused, what="423 after the stop")
+        assert "SleepDemo" in await es.keys()
+    finally:
+        await es.put("SleepDemo", b"go")
+
+    async def accepted():
+        try:
+            return (await client.submit(nc, SLEEP))["verdict"] == "approved"
+        except WfError:
+            return False
+
+    await eventually(accepted, what="submissions after go")
+
+
+async def test_recipe_token_buckets(nc):
+    kv = await nc.jetstream().key_value("wf_buckets")
+    await kv.put("diskEraseSatellite", b'{"tokens": 0, "at": 1}')
+    assert json.loads((await kv.get("diskEraseSatellite")).value)["tokens"] == 0
+    await kv.delete("diskEraseSatellite")
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get("diskEraseSatellite")
+
+
+async def test_recipe_consumers(nc):
+    js = nc.jetstream()
+    await run_one(nc)
+    names = {c.name for c in await js.consumers_info("WF_EVENTS")}  # `consumer report WF_EVENTS`
+    assert {"policy", "executor", "status"} <= names
+    runner = await js.consumer_info("WF_JOBS", "jobrunner")
+    assert runner.num_redelivered >= 0 and runner.delivered.stream_seq > 0
+    info = await js.stream_info("WF_JOBS")
+    assert info.state.messages >= 0
+
+
+async def test_recipe_services(nc):
+    assert await ping_services(nc, wait_s=1.0) == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
+    info = json.loads((await nc.request("$SRV.INFO.wf-intake", b"", timeout=2)).data)
+    assert info["version"] and {e["subject"] for e in info["endpoints"]} == {"wf.api.submit", "wf.api.exec", "wf.api.cancel"}
+    await client.submit(nc, SLEEP)
+    stats = json.loads((await nc.request("$SRV.STATS.wf-intake", b"", timeout=2)).data)
+    submit = next(e for e in stats["endpoints"] if e["name"] == "submit")
+    assert submit["num_requests"] >= 1 and submit["processing_time"] > 0
+    answers = []
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.PING.wf-jobrunner", b"", reply=inbox)
+    for _ in range(2):
+        answers.append(json.loads((await sub.next_msg(timeout=2)).data)["id"])
+    await sub.unsubscribe()
+    assert len(set(answers)) == 2  # one per runner process
