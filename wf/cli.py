@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
+from services.common.es_seed import seed_emergency_stops
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
 from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology
@@ -221,12 +222,30 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def cmd_setup(args: argparse.Namespace) -> int:
-    nc = await _connect(args)
+    """What `wf up` does before starting services, for a NATS server (or cluster) of your own."""
+    nc = await _connect(args, role="operator")
     try:
-        await ensure_topology(nc.jetstream())
+        await ensure_topology(nc.jetstream(), replicas=args.stream_replicas)
+        es = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), Path(args.config_dir) / "es.json")
     finally:
         await nc.close()
-    print("streams, consumers and buckets are in place")
+    print(f"streams, consumers and buckets are in place (replicas {args.stream_replicas})")
+    print("emergency stops: " + (", ".join(f"{k} {v}" for k, v in sorted(es.items())) or "none (everything stopped)"))
+    return 0
+
+
+async def cmd_ping(args: argparse.Namespace) -> int:
+    """Exit 0 when the service (or, with --id-file, that one instance) answers `$SRV.PING`: a healthcheck."""
+    nc = await _connect(args)
+    try:
+        subject = f"$SRV.PING.{args.service}"
+        if args.id_file:
+            subject += "." + Path(args.id_file).read_text().strip()
+        await nc.request(subject, b"", timeout=args.timeout)
+    except (nats.errors.Error, OSError) as exc:
+        return _fail(f"{args.service} did not answer: {exc!r}")
+    finally:
+        await nc.close()
     return 0
 
 
@@ -349,8 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_es, is_async=True)
 
-    p = sub.add_parser("setup", help="create streams, consumers and buckets on WF_NATS_URL (wf up does this)")
+    p = sub.add_parser("setup", help="create streams, consumers and buckets, seed wf_es (wf up does this)")
+    p.add_argument("--config-dir", default=str(_default_config_dir()), help="where es.json is")
+    p.add_argument("--stream-replicas", type=int, default=1, help="copies of each stream and bucket (3 in a cluster of three)")
     p.set_defaults(func=cmd_setup, is_async=True)
+
+    p = sub.add_parser("ping", help="exit 0 if a service answers $SRV.PING (a healthcheck)")
+    p.add_argument("service", help="wf-intake, wf-policy, wf-executor, wf-status or wf-jobrunner")
+    p.add_argument("--id-file", help="ping only the instance whose id is in this file (WF_SERVICE_ID_FILE)")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.set_defaults(func=cmd_ping, is_async=True)
 
     p = sub.add_parser("erase-satellite", help="erase every machine of a satellite in decom (the seed's client)")
     p.add_argument("site")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import nats.errors
+import nats.micro
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.micro.service import Service
 
 from .logs import configure_logging
 from .settings import Settings
@@ -97,3 +101,13 @@ async def shutdown(nc: Client, *pull_subs: JetStreamContext.PullSubscription, ti
     finally:
         if not nc.is_closed:
             await nc.close()
+
+
+async def start_micro(nc: Client, name: str, version: str, description: str) -> Service:
+    """The micro service (`$SRV.PING|INFO|STATS`). With `WF_SERVICE_ID_FILE` set, its instance id is
+    written there, so a container healthcheck can ping this very instance (`wf ping NAME --id-file F`)."""
+    service = await nats.micro.add_service(nc, name=name, version=version, description=description)
+    id_file = os.environ.get("WF_SERVICE_ID_FILE")
+    if id_file:
+        Path(id_file).write_text(service.id)
+    return service

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+try:
+    VERSION = metadata.version("wf-service")  # what every micro service reports in $SRV.INFO
+except metadata.PackageNotFoundError:
+    VERSION = "0.0.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

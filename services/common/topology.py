@@ -36,7 +36,7 @@ EXECUTOR_ACK_WAIT_S = 6.0
 RUNNER_ACK_WAIT_S = 30.0
 
 
-def stream_configs() -> list[StreamConfig]:
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=EVENTS_STREAM,
@@ -45,6 +45,7 @@ def stream_configs() -> list[StreamConfig]:
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
             allow_direct=True,
+            num_replicas=replicas,
         ),
         StreamConfig(
             name=JOBS_STREAM,
@@ -53,6 +54,7 @@ def stream_configs() -> list[StreamConfig]:
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
             allow_direct=True,
+            num_replicas=replicas,
         ),
     ]
 
@@ -80,9 +82,10 @@ def consumer_configs() -> dict[str, list[ConsumerConfig]]:
     }
 
 
-async def ensure_topology(js: JetStreamContext) -> None:
-    """Create or update every stream, consumer and bucket; safe to run any number of times."""
-    for config in stream_configs():
+async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create or update every stream, consumer and bucket; safe to run any number of times.
+    `replicas`: copies of each stream and bucket in a NATS cluster (3 for a cluster of three)."""
+    for config in stream_configs(replicas):
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
@@ -91,4 +94,4 @@ async def ensure_topology(js: JetStreamContext) -> None:
         for consumer in consumers:
             await js.add_consumer(stream, consumer)
     for bucket in (STATUS_BUCKET, ES_BUCKET, BUCKETS_BUCKET, CONFIG_BUCKET):
-        await js.create_key_value(bucket=bucket, history=1, direct=True)
+        await js.create_key_value(bucket=bucket, history=1, direct=True, replicas=replicas)

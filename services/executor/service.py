@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-import nats.micro
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -14,15 +13,14 @@ from schemas import ExecRequested, event_decoder
 from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
 from services.common.bus import connect
 from services.common.es import EmergencyStops
-from services.common.lifecycle import bind_durable, fetch_batches, shutdown, when_ready
-from services.common.settings import Settings
+from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
+from services.common.settings import VERSION, Settings
 from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER
 
 from .actor import WorkflowActor
 from .limits import DispatchLimits
 
 log = structlog.get_logger()
-VERSION = "0.1.0"
 
 
 class Executor:
@@ -85,7 +83,7 @@ class Executor:
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, "wf-executor")
     js = nc.jetstream()
-    service = await nats.micro.add_service(nc, name="wf-executor", version=VERSION, description="runs approved workflows")
+    service = await start_micro(nc, "wf-executor", VERSION, "runs approved workflows")
     es = EmergencyStops()
     es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
     es_task = asyncio.create_task(es.follow(es_kv, stop))

@@ -36,13 +36,12 @@ from services.common.bus import connect, kv_updates, last_event, publish_event
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.es import EmergencyStops
 from services.common.ids import new_id
-from services.common.lifecycle import shutdown, when_ready
-from services.common.settings import Settings
+from services.common.lifecycle import shutdown, start_micro, when_ready
+from services.common.settings import VERSION, Settings
 from services.common.topology import CONFIG_BUCKET, ES_BUCKET
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 log = structlog.get_logger()
-VERSION = "0.1.0"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
 
 
@@ -206,7 +205,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     es_task = asyncio.create_task(es.follow(es_kv, stop))
     await es.ready.wait()
     intake = Intake(js, settings, waiters, policy_state, es)
-    service = await nats.micro.add_service(nc, name="wf-intake", version=VERSION, description="takes WorkReqs and exec requests")
+    service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests")
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),
         ConcurrentEndpoint("exec", intake.exec, settings.max_in_flight),

@@ -16,15 +16,14 @@ from nats.js.api import DeliverPolicy
 from services.buckets import BucketStore
 from services.common.bus import connect
 from services.common.es import EmergencyStops
-from services.common.lifecycle import bind_durable, shutdown, when_ready
-from services.common.settings import Settings
+from services.common.lifecycle import bind_durable, shutdown, start_micro, when_ready
+from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
 from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, JOBS_STREAM, RUNNER_CONSUMER
 
 from .runner import JobRunner
 
 log = structlog.get_logger()
-VERSION = "0.1.0"
 FETCH_MAX = 64
 
 
@@ -53,7 +52,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         "wf.evt.*.workflow.>", stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
         cb=runner.on_workflow_event, idle_heartbeat=2.0,
     )
-    service = await nats.micro.add_service(nc, name="wf-jobrunner", version=VERSION, description="runs registered jobs")
+    service = await start_micro(nc, "wf-jobrunner", VERSION, "runs registered jobs")
     sub = await bind_durable(js, JOBS_STREAM, RUNNER_CONSUMER, stop)
     running: set[asyncio.Task[None]] = set()
     while not stop.is_set():

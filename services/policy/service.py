@@ -6,15 +6,14 @@ import asyncio
 import time
 
 import msgspec
-import nats.micro
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import Approved, Rejected, Submitted, event_decoder
 from services.common.bus import connect, last_event, publish_event
-from services.common.lifecycle import bind_durable, fetch_batches, shutdown, when_ready
-from services.common.settings import Settings
+from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
+from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
 from services.common.topology import CONFIG_BUCKET, EVENTS_STREAM, POLICY_CONSUMER
 from services.jobs import JobRegistry
@@ -24,7 +23,6 @@ from .decide import decide
 from .registry import load_policies
 
 log = structlog.get_logger()
-VERSION = "0.1.0"
 
 
 async def already_decided(js: JetStreamContext, wf_id: str) -> bool:
@@ -83,7 +81,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     watcher = PolicyConfigWatcher(settings.config_dir / "policies.json", policies, jobs, kv)
     await watcher.reload_if_changed()
     watch_task = asyncio.create_task(watcher.watch(stop))
-    service = await nats.micro.add_service(nc, name="wf-policy", version=VERSION, description="validates jobs and runs policies")
+    service = await start_micro(nc, "wf-policy", VERSION, "validates jobs and runs policies")
     sub = await bind_durable(js, EVENTS_STREAM, POLICY_CONSUMER, stop)
     async for batch in fetch_batches(sub, 64, stop):
         for msg in batch:

@@ -8,6 +8,7 @@ idempotent). Events are acked only after their workflow's write succeeded."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 
 import msgspec
@@ -23,14 +24,13 @@ from nats.micro.request import Request
 from schemas import Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
 from services.common.bus import connect, last_event, read_history
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
-from services.common.lifecycle import bind_durable, fetch_batches, shutdown, when_ready
-from services.common.settings import Settings
+from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
+from services.common.settings import VERSION, Settings
 from services.common.topology import EVENTS_STREAM, STATUS_BUCKET, STATUS_CONSUMER
 
 from . import fold
 
 log = structlog.get_logger()
-VERSION = "0.1.0"
 CACHE_SIZE = 2000
 BATCH = 256
 
@@ -105,15 +105,17 @@ async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
             continue
         by_workflow.setdefault(ev.id, []).append((msg, ev))
     for wf_id, items in by_workflow.items():
+        started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(workflow_id=wf_id):
             try:
                 await projection.fold_and_write(wf_id, [ev for _, ev in items])
             except Exception:  # the boundary: leave un-acked for redelivery
-                log.exception("projection_write_failed")
+                log.exception("projection_write_failed", count=len(items), outcome="retry")
                 continue
             for msg, _ in items:
                 await msg.ack()
-            log.debug("events_folded", count=len(items), outcome="ok")
+            # one line per workflow per batch: the events of one fetch are folded and written together
+            log.info("events_folded", count=len(items), outcome="ok", duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 class StatusApi:
@@ -158,7 +160,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     kv = await when_ready(lambda: js.key_value(STATUS_BUCKET), stop, what=STATUS_BUCKET)
     api = StatusApi(js, kv)
-    service = await nats.micro.add_service(nc, name="wf-status", version=VERSION, description="status projection and queries")
+    service = await start_micro(nc, "wf-status", VERSION, "status projection and queries")
     endpoint = ConcurrentEndpoint("status", api.status, settings.max_in_flight)
     await endpoint.register(service, "wf.api.status")
     projection = Projection(js, kv)

@@ -273,3 +273,38 @@ async def test_wf_up_uses_an_external_server_with_nats_url(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+async def test_a_service_run_alone_joins_and_wf_ping_checks_that_very_instance(system, tmp_path):
+    """`python -m services.status` beside a running system; the healthcheck compose uses."""
+    id_file = tmp_path / "status.id"
+    env = {**os.environ, "WF_NATS_URL": system.url, "WF_SERVICE_ID_FILE": str(id_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.status"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wf = [sys.executable, "-m", "wf.cli"]
+
+    def ping(*args):
+        return subprocess.run([*wf, "ping", *args], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+    try:
+        async def written():
+            return id_file.is_file() and id_file.read_text().strip()
+
+        await eventually(written, what="the instance id file")
+        assert ping("wf-status", "--id-file", str(id_file)).returncode == 0
+        assert ping("wf-intake").returncode == 0
+        missing = ping("wf-nothing", "--timeout", "0.5")
+        assert missing.returncode == 1 and "wf-nothing did not answer" in missing.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    assert ping("wf-status", "--id-file", str(id_file), "--timeout", "0.5").returncode == 1  # that instance is gone
+    assert ping("wf-status").returncode == 0  # the system's own wf-status still answers
+
+
+def test_wf_setup_creates_the_topology_and_seeds_emergency_stops(nats_server):
+    env = {**os.environ, "WF_NATS_URL": nats_server}
+    done = subprocess.run([sys.executable, "-m", "wf.cli", "setup", "--config-dir", str(REPO / "configs")],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "streams, consumers and buckets are in place (replicas 1)" in done.stdout
+    assert "SatelliteDiskErase go" in done.stdout and "SleepDemo go" in done.stdout
