@@ -161,6 +161,21 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
     return Counter(seen.values())
 
 
+MAX_PAYLOAD = "8MB"  # a 50,000-job WorkReq and its StatusResp are several MB (NATS default: 1 MB)
+
+
+def write_server_config(data_dir: Path, port: int) -> Path:
+    """The embedded nats-server's configuration: loopback only, JetStream under the data dir."""
+    conf = data_dir / "nats-server.conf"
+    store = json.dumps(str(data_dir / "jetstream"))
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
+        f"jetstream {{ store_dir: {store} }}\n"
+    )
+    return conf
+
+
 def write_env_file(path: Path, url: str) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -207,8 +222,8 @@ class System:
         try:
             if self.opts.nats_url is None:
                 binary = find_nats_server(self.opts.nats_server)
-                store = self.data_dir / "jetstream"
-                argv = [binary, "-a", "127.0.0.1", "-p", str(self.opts.nats_port), "-js", "-sd", str(store)]
+                conf = write_server_config(self.data_dir, self.opts.nats_port)
+                argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
                 await self.server.start()
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))

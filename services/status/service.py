@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import msgspec
 import nats.errors
@@ -35,18 +36,44 @@ CACHE_SIZE = 2000
 BATCH = 256
 
 
+# A workflow's StatusResp is rewritten at most once per interval that grows with its size, so the
+# bytes written per job stay flat as workflows grow (rewriting it per batch was quadratic).
+MIN_WRITE_INTERVAL_S = 0.05
+WRITE_BYTES_PER_S = 20_000_000
+MAX_UNWRITTEN_EVENTS = 5_000
+
+
+@dataclass
+class Entry:
+    """One workflow's projection in memory: what KV has (revision) plus what it does not yet."""
+
+    status: StatusResp
+    revision: int  # 0: not in KV yet
+    events: list[Event] = field(default_factory=list)  # folded in, not yet written
+    msgs: list[Msg] = field(default_factory=list)  # to ack once written
+    urgent: bool = False  # the head changed (new, verdict, started, ended): write now
+    last_write: float = 0.0
+    size: int = 0
+
+    def due(self, now: float) -> bool:
+        if not self.events:
+            return False
+        interval_s = max(MIN_WRITE_INTERVAL_S, self.size / WRITE_BYTES_PER_S)
+        return self.urgent or len(self.events) >= MAX_UNWRITTEN_EVENTS or now - self.last_write >= interval_s
+
+
+def _head(status: StatusResp) -> tuple[str, str, str]:
+    return (status.verdict, status.status, status.reason)
+
+
 class Projection:
     def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
         self.js = js
         self.kv = kv
-        # workflow id -> (StatusResp, KV revision); the projection's own recent writes
-        self.cache: OrderedDict[str, tuple[StatusResp, int]] = OrderedDict()
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.lock = asyncio.Lock()
 
-    async def load(self, wf_id: str) -> tuple[StatusResp | None, int]:
-        cached = self.cache.get(wf_id)
-        if cached is not None:
-            self.cache.move_to_end(wf_id)
-            return cached
+    async def _load(self, wf_id: str) -> tuple[StatusResp | None, int]:
         try:
             entry = await self.kv.get(wf_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
@@ -55,7 +82,7 @@ class Projection:
             return None, 0
         return status_decoder.decode(entry.value), entry.revision
 
-    async def seed(self, wf_id: str) -> StatusResp | None:
+    async def _seed(self, wf_id: str) -> StatusResp | None:
         """A workflow's first StatusResp, from its submitted event."""
         msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
         if msg is None:
@@ -63,35 +90,77 @@ class Projection:
         ev = event_decoder.decode(msg.data)
         return fold.new_status(ev) if isinstance(ev, Submitted) else None
 
-    async def fold_and_write(self, wf_id: str, events: list[Event]) -> None:
-        for _attempt in range(10):
-            status, revision = await self.load(wf_id)
-            changed = False
+    async def _entry(self, wf_id: str, first: Event) -> Entry | None:
+        entry = self.entries.get(wf_id)
+        if entry is None:
+            status, revision = await self._load(wf_id)
             if status is None:
-                first = events[0]
-                status = fold.new_status(first) if isinstance(first, Submitted) else await self.seed(wf_id)
+                status = fold.new_status(first) if isinstance(first, Submitted) else await self._seed(wf_id)
                 if status is None:
-                    log.error("events_without_submission", workflow_id=wf_id, count=len(events))
-                    return
-                changed = True
-            for ev in events:
-                changed = fold.apply(status, ev) or changed
-            if not changed:
+                    return None
+            entry = self.entries[wf_id] = Entry(status, revision, urgent=revision == 0)
+        self.entries.move_to_end(wf_id)
+        return entry
+
+    async def add(self, wf_id: str, items: list[tuple[Msg, Event]]) -> bool:
+        """Fold events in memory; False when the workflow is unknown (its events are left un-acked)."""
+        entry = await self._entry(wf_id, items[0][1])
+        if entry is None:
+            return False
+        head = _head(entry.status)
+        changed = False
+        for _, ev in items:
+            changed = fold.apply(entry.status, ev) or changed
+        entry.urgent = entry.urgent or _head(entry.status) != head
+        if changed or entry.revision == 0:
+            entry.events.extend(ev for _, ev in items)
+            entry.msgs.extend(msg for msg, _ in items)
+        else:  # nothing new (duplicates): nothing to write
+            for msg, _ in items:
+                await msg.ack()
+        return True
+
+    async def flush_due(self) -> None:
+        now = time.monotonic()
+        for wf_id, entry in list(self.entries.items()):
+            if entry.due(now):
+                await self._write(wf_id, entry)
+        self._evict()
+
+    async def _write(self, wf_id: str, entry: Entry) -> None:
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(workflow_id=wf_id):
+            for _attempt in range(10):
+                data = encoder.encode(entry.status)
+                try:
+                    if entry.revision == 0:
+                        entry.revision = await self.kv.create(wf_id, data)
+                    else:
+                        entry.revision = await self.kv.update(wf_id, data, last=entry.revision)
+                    break
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    # another writer won: take what it wrote and apply ours again (the fold is idempotent)
+                    stored, entry.revision = await self._load(wf_id)
+                    if stored is not None:
+                        entry.status = stored
+                        for ev in entry.events:
+                            fold.apply(entry.status, ev)
+            else:
+                raise RuntimeError(f"could not write the status of {wf_id} after 10 conflicts")
+            for msg in entry.msgs:
+                await msg.ack()
+            log.info("events_folded", count=len(entry.events), bytes=len(data), outcome="ok",
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            entry.events, entry.msgs, entry.urgent = [], [], False
+            entry.last_write, entry.size = time.monotonic(), len(data)
+
+    def _evict(self) -> None:
+        """Forget the oldest workflows with nothing unwritten, beyond CACHE_SIZE."""
+        for wf_id in list(self.entries):
+            if len(self.entries) <= CACHE_SIZE:
                 return
-            try:
-                if revision == 0:
-                    revision = await self.kv.create(wf_id, encoder.encode(status))
-                else:
-                    revision = await self.kv.update(wf_id, encoder.encode(status), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                self.cache.pop(wf_id, None)  # another writer won: reload and apply again
-                continue
-            self.cache[wf_id] = (status, revision)
-            self.cache.move_to_end(wf_id)
-            while len(self.cache) > CACHE_SIZE:
-                self.cache.popitem(last=False)
-            return
-        raise RuntimeError(f"could not write the status of {wf_id} after 10 conflicts")
+            if not self.entries[wf_id].events:
+                del self.entries[wf_id]
 
 
 async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
@@ -104,18 +173,34 @@ async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
             await msg.term()
             continue
         by_workflow.setdefault(ev.id, []).append((msg, ev))
-    for wf_id, items in by_workflow.items():
-        started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(workflow_id=wf_id):
+    async with projection.lock:
+        for wf_id, items in by_workflow.items():
             try:
-                await projection.fold_and_write(wf_id, [ev for _, ev in items])
+                if not await projection.add(wf_id, items):
+                    log.error("events_without_submission", workflow_id=wf_id, count=len(items))
             except Exception:  # the boundary: leave un-acked for redelivery
-                log.exception("projection_write_failed", count=len(items), outcome="retry")
-                continue
-            for msg, _ in items:
-                await msg.ack()
-            # one line per workflow per batch: the events of one fetch are folded and written together
-            log.info("events_folded", count=len(items), outcome="ok", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                log.exception("projection_fold_failed", workflow_id=wf_id)
+                projection.entries.pop(wf_id, None)
+        await flush_guarded(projection)
+
+
+async def flush_guarded(projection: Projection) -> None:
+    try:
+        await projection.flush_due()
+    except Exception:  # the boundary: un-acked events are redelivered; start from KV again
+        log.exception("projection_write_failed")
+        projection.entries.clear()
+
+
+async def flush_periodically(projection: Projection, stop: asyncio.Event) -> None:
+    """Writes coalesced projections when they are due, also while no new event arrives."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), MIN_WRITE_INTERVAL_S)
+        except TimeoutError:
+            pass
+        async with projection.lock:
+            await flush_guarded(projection)
 
 
 class StatusApi:
@@ -164,9 +249,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     endpoint = ConcurrentEndpoint("status", api.status, settings.max_in_flight)
     await endpoint.register(service, "wf.api.status")
     projection = Projection(js, kv)
+    flusher = asyncio.create_task(flush_periodically(projection, stop))
     sub = await bind_durable(js, EVENTS_STREAM, STATUS_CONSUMER, stop)
     async for batch in fetch_batches(sub, BATCH, stop):
         await handle_batch(projection, batch)
+    await flusher
     await service.stop()
     await endpoint.drain()
     await shutdown(nc, sub)
