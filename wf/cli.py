@@ -24,7 +24,7 @@ from services.common.settings import REPO_ROOT
 from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology
 from services.inventory import InventoryError, load_inventory
 
-from . import client
+from . import bench, client
 from .erase import EraseRefused, erase_satellite_workreq
 from .render import TERMINAL, list_table, render, summary_line
 from .up import UpOptions, die_with_parent, free_port, run_up
@@ -384,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="follow it live until it ends (exit 0 completed, 1 failed)")
     p.add_argument("--inventory-dir", help="sites.json and machines.json (default: WF_INVENTORY_DIR, else data/)")
     p.set_defaults(func=cmd_erase_satellite, is_async=True)
+
+    p = sub.add_parser("bench", help="measure the control plane on a system it starts (docs/performance.md)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
+    p.add_argument("--json", action="store_true", help="one JSON object with every figure")
+    p.set_defaults(func=lambda a: bench.run(a.quick, a.json), is_async=False)
 
     p = sub.add_parser("demo", help=f"start everything, erase satellite {DEMO_SITE} (about a minute), watch it, stop")
     p.add_argument("--time-scale", type=float, default=0.07, help="0.07 makes the 14-minute erase take about a minute")

@@ -83,12 +83,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     watch_task = asyncio.create_task(watcher.watch(stop))
     service = await start_micro(nc, "wf-policy", VERSION, "validates jobs and runs policies")
     sub = await bind_durable(js, EVENTS_STREAM, POLICY_CONSUMER, stop)
+    async def guarded(msg: Msg) -> None:
+        try:
+            await handle_submitted(msg, js, jobs, watcher)
+        except Exception:  # the boundary: log, leave un-acked for redelivery, keep going
+            log.exception("submitted_handling_failed", subject=msg.subject)
+
     async for batch in fetch_batches(sub, 64, stop):
-        for msg in batch:
-            try:
-                await handle_submitted(msg, js, jobs, watcher)
-            except Exception:  # the boundary: log, leave un-acked for redelivery, keep going
-                log.exception("submitted_handling_failed", subject=msg.subject)
+        # verdicts are independent: decide a batch concurrently, not one round trip after another
+        await asyncio.gather(*(guarded(msg) for msg in batch))
     await watch_task
     await service.stop()
     await shutdown(nc, sub)

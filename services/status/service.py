@@ -125,6 +125,10 @@ class Projection:
         for wf_id, entry in list(self.entries.items()):
             if entry.due(now):
                 await self._write(wf_id, entry)
+                if entry.status.status in ("completed", "failed"):
+                    # ended: it rarely changes again (a late event reloads it from KV); memory stays
+                    # proportional to the workflows still running, not to all recent ones
+                    del self.entries[wf_id]
         self._evict()
 
     async def _write(self, wf_id: str, entry: Entry) -> None:

@@ -1,0 +1,402 @@
+"""`wf bench [--quick] [--json]`: what the control plane costs, on a system it starts itself.
+
+Every figure is measured from outside, over NATS, as a client sees it; the services run as their
+own processes (`wf up`) at `--time-scale 0`, so only the control plane's own cost is measured.
+Figures measured several times are reported as the median with the range (min, max)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client
+
+from services.common.settings import REPO_ROOT
+
+from . import client
+from .up import free_port
+
+NAME = "SleepDemo"  # its policy allows `sleep`; at time scale 0 a sleep job is instant
+
+
+@dataclass(frozen=True)
+class Sizes:
+    runs: int
+    big: tuple[int, int, int]  # blocks, jobs per block, rate_limit
+    small: tuple[int, int]  # workflows at once, jobs each
+    submit_clients: int
+    submits_per_client: int
+    exec_samples: int
+    es_workflows: int
+    scaling: tuple[int, ...]
+    ceiling_msgs: int
+
+
+FULL = Sizes(runs=3, big=(10, 1000, 200), small=(200, 5), submit_clients=50, submits_per_client=10,
+             exec_samples=30, es_workflows=20, scaling=(1_000, 10_000, 50_000), ceiling_msgs=20_000)
+QUICK = Sizes(runs=3, big=(10, 200, 200), small=(50, 5), submit_clients=50, submits_per_client=2,
+              exec_samples=10, es_workflows=20, scaling=(1_000, 5_000), ceiling_msgs=5_000)
+
+
+def workreq(blocks: int, per_block: int, rate: int, name: str = NAME) -> bytes:
+    job = {"name": "sleep", "args": {"seconds": "1"}}
+    return json.dumps({"name": name, "blocks": [{"rate_limit": rate, "jobs": [job] * per_block}] * blocks}).encode()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits), "max": round(max(values), digits)}
+
+
+_status_head = msgspec.json.Decoder(dict[str, Any])
+
+
+class _Head(msgspec.Struct):
+    status: str
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+def workflow_status(value: bytes | None) -> str:
+    """The workflow's own status in a StatusResp (decoded; its jobs have a `status` field too)."""
+    return _head.decode(value).status if value else ""
+
+
+class Bench:
+    def __init__(self, nc: Client, sizes: Sizes) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.sizes = sizes
+
+    async def approved(self, body: bytes) -> str:
+        reply = await client.submit(self.nc, body)
+        assert reply["verdict"] == "approved", reply
+        return reply["id"]
+
+    async def run_to_end(self, body: bytes) -> float:
+        """Seconds from the exec request to the terminal status in `wf_status`."""
+        wf_id = await self.approved(body)
+        kv = await self.js.key_value("wf_status")
+        watcher = await kv.watch(wf_id)
+        started = time.perf_counter()
+        await client.execute(self.nc, wf_id)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=600)
+                state = workflow_status(entry.value) if entry is not None else ""
+                if state == "completed":
+                    return time.perf_counter() - started
+                if state == "failed":
+                    raise RuntimeError(f"benchmark workflow {wf_id} failed")
+        finally:
+            await watcher.stop()
+
+    async def throughput_big(self) -> float:
+        blocks, per_block, rate = self.sizes.big
+        return blocks * per_block / await self.run_to_end(workreq(blocks, per_block, rate))
+
+    async def throughput_small(self) -> float:
+        count, jobs = self.sizes.small
+        gate = asyncio.Semaphore(8)  # below intake's in-flight limit
+
+        async def one(call: Callable[[], Awaitable[Any]]) -> Any:
+            async with gate:
+                return await call()
+
+        ids = await asyncio.gather(*(one(lambda: self.approved(workreq(1, jobs, jobs))) for _ in range(count)))
+        kv = await self.js.key_value("wf_status")
+        watcher = await kv.watchall()
+        pending = set(ids)
+        started = time.perf_counter()
+        await asyncio.gather(*(one(lambda i=i: client.execute(self.nc, i)) for i in ids))
+        try:
+            while pending:
+                entry = await watcher.updates(timeout=600)
+                if entry is not None and entry.key in pending and workflow_status(entry.value) == "completed":
+                    pending.discard(entry.key)
+        finally:
+            await watcher.stop()
+        return count * jobs / (time.perf_counter() - started)
+
+    async def submit_latencies(self) -> list[float]:
+        body = workreq(1, 1, 1)
+        latencies: list[float] = []
+
+        async def one_client() -> None:
+            for _ in range(self.sizes.submits_per_client):
+                started = time.perf_counter()
+                await client.submit(self.nc, body)
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(one_client() for _ in range(self.sizes.submit_clients)))
+        return latencies
+
+    async def exec_to_first_job(self) -> list[float]:
+        latencies = []
+        for _ in range(self.sizes.exec_samples):
+            wf_id = await self.approved(workreq(1, 1, 1))
+            sub = await self.nc.subscribe(f"wf.evt.{wf_id}.job.0.0.started")
+            await self.nc.flush()
+            await self.nc.flush()
+            started = time.perf_counter()
+            await client.execute(self.nc, wf_id)
+            await sub.next_msg(timeout=10)
+            latencies.append((time.perf_counter() - started) * 1000)
+            await sub.unsubscribe()
+        return latencies
+
+    async def projection_lag(self) -> list[float]:
+        """During a big workflow: from a job's `completed` event on the bus to `wf_status` showing it."""
+        blocks, per_block, rate = self.sizes.big
+        wf_id = await self.approved(workreq(blocks, per_block, rate))
+        seen: dict[tuple[int, int], float] = {}
+
+        async def on_completed(msg: Any) -> None:
+            _, _, _, _, b, j, _ = msg.subject.split(".")
+            seen[(int(b), int(j))] = time.perf_counter()
+
+        sub = await self.nc.subscribe(f"wf.evt.{wf_id}.job.*.*.completed", cb=on_completed)
+        await self.nc.flush()
+        await self.nc.flush()
+        kv = await self.js.key_value("wf_status")
+        watcher = await kv.watch(wf_id)
+        lags: list[float] = []
+        shown: set[tuple[int, int]] = set()
+        await client.execute(self.nc, wf_id)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=600)
+                if entry is None or not entry.value:
+                    continue
+                arrived = time.perf_counter()
+                status = _status_head.decode(entry.value)
+                for b, block in enumerate(status["blocks"]):
+                    for j, job in enumerate(block["jobs"]):
+                        if job["status"] == "completed" and (b, j) not in shown and (b, j) in seen:
+                            shown.add((b, j))
+                            lags.append((arrived - seen[(b, j)]) * 1000)
+                if status["status"] in ("completed", "failed"):
+                    return lags
+        finally:
+            await watcher.stop()
+            await sub.unsubscribe()
+
+    async def emergency_stop(self) -> list[float]:
+        """From `kv put wf_es NAME stop` to each of N running workflows' terminal status."""
+        es = await self.js.key_value("wf_es")
+        kv = await self.js.key_value("wf_status")
+        ids = [await self.approved(workreq(1, 5000, 1)) for _ in range(self.sizes.es_workflows)]
+        watcher = await kv.watchall()
+        running: set[str] = set()
+        ended: dict[str, float] = {}
+        for wf_id in ids:
+            await client.execute(self.nc, wf_id)
+        try:
+            while len(running) < len(ids):  # every one has started work
+                entry = await watcher.updates(timeout=60)
+                if entry is not None and entry.key in ids and workflow_status(entry.value) == "running":
+                    running.add(entry.key)
+            put_at = time.perf_counter()
+            await es.put(NAME, b"stop")
+            while len(ended) < len(ids):
+                entry = await watcher.updates(timeout=60)
+                if entry is not None and entry.key in ids and workflow_status(entry.value) == "failed":
+                    ended.setdefault(entry.key, (time.perf_counter() - put_at) * 1000)
+        finally:
+            await watcher.stop()
+            await es.put(NAME, b"go")
+        await asyncio.sleep(0.2)  # let every service see `go` again before the next measurement
+        return list(ended.values())
+
+    async def scaling(self) -> dict[str, float]:
+        """Milliseconds of pipeline time per job, for one workflow of each size (blocks of 1,000)."""
+        costs = {}
+        for jobs in self.sizes.scaling:
+            per_block = min(jobs, 1000)
+            seconds = await self.run_to_end(workreq(jobs // per_block, per_block, 200))
+            costs[str(jobs)] = round(seconds / jobs * 1000, 3)
+        return costs
+
+    async def bus_ceiling(self) -> dict[str, float]:
+        """The bus's own rates on this machine, in the same run: publish with ack, consume and ack."""
+        stream, n = "BENCH_CEILING", self.sizes.ceiling_msgs
+        await self.js.add_stream(name=stream, subjects=["bench.ceiling.>"])
+        try:
+            payload = b"x" * 200
+            started = time.perf_counter()
+            futures = [await self.js.publish_async(f"bench.ceiling.{i % 100}", payload, headers={"Nats-Msg-Id": str(i)})
+                       for i in range(n)]
+            await asyncio.wait_for(asyncio.gather(*futures), 120)
+            publish_per_s = n / (time.perf_counter() - started)
+            sub = await self.js.pull_subscribe("bench.ceiling.>", durable="bench", stream=stream)
+            started, got = time.perf_counter(), 0
+            while got < n:
+                msgs = await sub.fetch(100, timeout=5)
+                for msg in msgs:
+                    await msg.ack()
+                got += len(msgs)
+            consume_per_s = n / (time.perf_counter() - started)
+            await sub.unsubscribe()
+        finally:
+            await self.js.delete_stream(stream)
+        return {"publish_async_per_s": round(publish_per_s), "fetch_ack_per_s": round(consume_per_s)}
+
+
+# Bus operations one job costs, by design (see docs/performance.md):
+PUBLISHES_PER_JOB = 3  # the command (executor), started and completed (runner)
+DELIVERIES_PER_JOB = 7  # command to a runner (+ack), 2 events to the executor, 2 events to wf-status (+acks)
+
+
+def peak_rss_mb(root_pid: int) -> dict[str, float]:
+    """Peak resident memory (VmHWM) of each service process under `wf up`, by service name."""
+    peaks: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != root_pid:
+            continue
+        module = next((part.decode() for part in cmdline if part.startswith(b"services.")), None)
+        name = f"wf-{module.split('.')[1]}" if module else ("nats-server" if b"nats-server" in cmdline[0] else None)
+        hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        if name and hwm:
+            peaks[name] = max(peaks.get(name, 0.0), round(int(hwm.split()[1]) / 1024, 1))
+    return peaks
+
+
+class System:
+    """`wf up` in a subprocess, on a free loopback port, in a temporary directory."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="wf-bench-"))
+        self.port = free_port()
+        env = {**os.environ, "WF_MAX_IN_FLIGHT": "200", "WF_LOG_LEVEL": "warning"}
+        argv = [sys.executable, "-m", "wf.cli", "up", "--nats-port", str(self.port), "--data-dir", str(self.dir / "data"),
+                "--config-dir", str(REPO_ROOT / "configs"), "--time-scale", "0", "--runners", "2", "--log-level", "warning"]
+        self.log = open(self.dir / "wf-up.log", "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    async def ready(self) -> str:
+        deadline = time.monotonic() + 60
+        while not (self.dir / "data" / "client.env").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"wf bench: the system did not start; see {self.dir / 'wf-up.log'}")
+            await asyncio.sleep(0.1)
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.log.close()
+
+
+async def measure(sizes: Sizes, progress: Callable[[str], None]) -> dict[str, Any]:
+    system = System()
+    try:
+        nc = await nats.connect(await system.ready())
+        bench = Bench(nc, sizes)
+        try:
+            progress("bus ceiling")
+            ceiling = await bench.bus_ceiling()
+            progress("throughput, one big workflow")
+            big = [await bench.throughput_big() for _ in range(sizes.runs)]
+            progress("throughput, many small workflows")
+            small = [await bench.throughput_small() for _ in range(sizes.runs)]
+            progress("submit latency")
+            submits = [await bench.submit_latencies() for _ in range(sizes.runs)]
+            progress("exec to first job")
+            execs = [await bench.exec_to_first_job() for _ in range(sizes.runs)]
+            progress("projection lag")
+            lags = await bench.projection_lag()
+            progress("emergency stop")
+            stops = [await bench.emergency_stop() for _ in range(sizes.runs)]
+            progress("scaling")
+            scaling = await bench.scaling()
+            rss = peak_rss_mb(system.proc.pid)
+        finally:
+            await nc.close()
+    finally:
+        system.stop()
+    blocks, per_block, rate = sizes.big
+    achievable = 1 / (PUBLISHES_PER_JOB / ceiling["publish_async_per_s"] + DELIVERIES_PER_JOB / ceiling["fetch_ack_per_s"])
+    big_median = statistics.median(big)
+    smallest, largest = str(min(sizes.scaling)), str(max(sizes.scaling))
+    return {
+        "quick": sizes is QUICK,
+        "cores": os.cpu_count(),
+        "throughput_big": {"jobs": blocks * per_block, "shape": f"{blocks} blocks x {per_block}, rate_limit {rate}",
+                           "jobs_per_s": spread(big, 0)},
+        "throughput_small": {"workflows": sizes.small[0], "jobs_each": sizes.small[1], "jobs_per_s": spread(small, 0)},
+        "submit_latency_ms": {"clients": sizes.submit_clients, "p50": spread([pct(r, 50) for r in submits]),
+                              "p99": spread([pct(r, 99) for r in submits])},
+        "exec_to_first_job_ms": {"p50": spread([pct(r, 50) for r in execs]), "p99": spread([pct(r, 99) for r in execs])},
+        "projection_lag_ms": {"p50": round(pct(lags, 50), 1), "p99": round(pct(lags, 99), 1), "samples": len(lags)},
+        "emergency_stop_ms": {"workflows": sizes.es_workflows, "p50": spread([pct(r, 50) for r in stops]),
+                              "p99": spread([pct(r, 99) for r in stops])},
+        "peak_rss_mb": rss,
+        "scaling_ms_per_job": {**scaling, "ratio": round(scaling[largest] / scaling[smallest], 2)},
+        "bus": {**ceiling, "publishes_per_job": PUBLISHES_PER_JOB, "deliveries_per_job": DELIVERIES_PER_JOB,
+                "achievable_jobs_per_s": round(achievable), "fraction_reached": round(big_median / achievable, 2)},
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    def mr(d: dict[str, float], unit: str = "") -> str:
+        return f"{d['median']}{unit} (range {d['min']}-{d['max']})"
+
+    r = result
+    lines = [
+        f"wf bench{' --quick' if r['quick'] else ''} on {r['cores']} cores (medians of several runs, with range)",
+        f"  throughput, {r['throughput_big']['jobs']} jobs in one workflow ({r['throughput_big']['shape']}): "
+        f"{mr(r['throughput_big']['jobs_per_s'], ' jobs/s')}",
+        f"  throughput, {r['throughput_small']['workflows']} workflows of {r['throughput_small']['jobs_each']} jobs at once: "
+        f"{mr(r['throughput_small']['jobs_per_s'], ' jobs/s')}",
+        f"  submit latency, {r['submit_latency_ms']['clients']} concurrent clients: p50 {mr(r['submit_latency_ms']['p50'], ' ms')}, "
+        f"p99 {mr(r['submit_latency_ms']['p99'], ' ms')}",
+        f"  exec to first job started: p50 {mr(r['exec_to_first_job_ms']['p50'], ' ms')}, p99 {mr(r['exec_to_first_job_ms']['p99'], ' ms')}",
+        f"  projection lag (event to wf_status) at full load: p50 {r['projection_lag_ms']['p50']} ms, p99 {r['projection_lag_ms']['p99']} ms",
+        f"  emergency stop, {r['emergency_stop_ms']['workflows']} workflows running: p50 {mr(r['emergency_stop_ms']['p50'], ' ms')}, "
+        f"p99 {mr(r['emergency_stop_ms']['p99'], ' ms')}",
+        "  scaling, ms per job: " + ", ".join(f"{k} jobs {v}" for k, v in r["scaling_ms_per_job"].items() if k != "ratio")
+        + f" (ratio largest/smallest {r['scaling_ms_per_job']['ratio']})",
+        "  peak RSS: " + ", ".join(f"{k} {v} MB" for k, v in sorted(r["peak_rss_mb"].items())),
+        f"  bus ceiling here: publish_async {r['bus']['publish_async_per_s']}/s, fetch+ack {r['bus']['fetch_ack_per_s']}/s; "
+        f"a job costs {r['bus']['publishes_per_job']} publishes + {r['bus']['deliveries_per_job']} deliveries -> "
+        f"at most {r['bus']['achievable_jobs_per_s']} jobs/s; reached {r['bus']['fraction_reached']:.0%}",
+    ]
+    return "\n".join(lines)
+
+
+def run(quick: bool, as_json: bool) -> int:
+    sizes = QUICK if quick else FULL
+
+    def progress(step: str) -> None:
+        print(f"... {step}", file=sys.stderr, flush=True)
+
+    result = asyncio.run(measure(sizes, progress))
+    print(json.dumps(result) if as_json else report(result))
+    return 0
