@@ -359,8 +359,11 @@ async def measure(sizes: Sizes, progress: Callable[[str], None]) -> dict[str, An
                               "p99": spread([pct(r, 99) for r in stops])},
         "peak_rss_mb": rss,
         "scaling_ms_per_job": {**scaling, "ratio": round(scaling[largest] / scaling[smallest], 2)},
+        # one connection's rates bound a pipeline that would run on one connection; ours spreads
+        # the bus work over several processes, so the ratio can pass 1
         "bus": {**ceiling, "publishes_per_job": PUBLISHES_PER_JOB, "deliveries_per_job": DELIVERIES_PER_JOB,
-                "achievable_jobs_per_s": round(achievable), "fraction_reached": round(big_median / achievable, 2)},
+                "one_connection_jobs_per_s": round(achievable),
+                "pipeline_vs_one_connection": round(big_median / achievable, 2)},
     }
 
 
@@ -385,8 +388,9 @@ def report(result: dict[str, Any]) -> str:
         + f" (ratio largest/smallest {r['scaling_ms_per_job']['ratio']})",
         "  peak RSS: " + ", ".join(f"{k} {v} MB" for k, v in sorted(r["peak_rss_mb"].items())),
         f"  bus ceiling here: publish_async {r['bus']['publish_async_per_s']}/s, fetch+ack {r['bus']['fetch_ack_per_s']}/s; "
-        f"a job costs {r['bus']['publishes_per_job']} publishes + {r['bus']['deliveries_per_job']} deliveries -> "
-        f"at most {r['bus']['achievable_jobs_per_s']} jobs/s; reached {r['bus']['fraction_reached']:.0%}",
+        f"a job costs {r['bus']['publishes_per_job']} publishes + {r['bus']['deliveries_per_job']} deliveries, so one "
+        f"connection could carry {r['bus']['one_connection_jobs_per_s']} jobs/s; the pipeline (several processes) reached "
+        f"{r['bus']['pipeline_vs_one_connection']}x that",
     ]
     return "\n".join(lines)
 

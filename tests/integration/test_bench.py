@@ -1,0 +1,26 @@
+"""`wf bench --quick --json` runs end to end and reports every figure (a smoke test: no timing assertion)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_quick_benchmark_reports_every_figure():
+    done = subprocess.run([sys.executable, "-m", "wf.cli", "bench", "--quick", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["quick"] is True
+    assert result["throughput_big"]["jobs"] == 2000 and result["throughput_big"]["jobs_per_s"]["median"] > 0
+    assert result["throughput_small"]["jobs_per_s"]["min"] > 0
+    for figure in ("submit_latency_ms", "exec_to_first_job_ms", "emergency_stop_ms"):
+        assert 0 < result[figure]["p50"]["median"] <= result[figure]["p99"]["max"], figure
+    assert result["projection_lag_ms"]["samples"] > 0
+    assert set(result["peak_rss_mb"]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner"}
+    assert set(result["scaling_ms_per_job"]) == {"1000", "5000", "ratio"}
+    assert result["bus"]["publish_async_per_s"] > 0 and result["bus"]["fetch_ack_per_s"] > 0
+    assert result["bus"]["one_connection_jobs_per_s"] > 0 and result["bus"]["pipeline_vs_one_connection"] > 0
