@@ -103,7 +103,7 @@ class Projection:
         return entry
 
     async def add(self, wf_id: str, items: list[tuple[Msg, Event]]) -> bool:
-        """Fold events in memory; False when the workflow is unknown (its events are left un-acked)."""
+        """Fold events in memory; False when the workflow has no submission (nothing was folded)."""
         entry = await self._entry(wf_id, items[0][1])
         if entry is None:
             return False
@@ -181,7 +181,11 @@ async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
         for wf_id, items in by_workflow.items():
             try:
                 if not await projection.add(wf_id, items):
-                    log.error("events_without_submission", workflow_id=wf_id, count=len(items))
+                    # `submitted` is always stored before anything else of a workflow: these were
+                    # injected, and redelivering them would never help
+                    log.error("events_without_submission_terminated", workflow_id=wf_id, count=len(items))
+                    for msg, _ in items:
+                        await msg.term()
             except Exception:  # the boundary: leave un-acked for redelivery
                 log.exception("projection_fold_failed", workflow_id=wf_id)
                 projection.entries.pop(wf_id, None)

@@ -193,3 +193,24 @@ async def test_every_event_is_visible_on_wf_evt(nc):
         "submitted", "approved", "exec_requested", "workflow.started", "block.0.started",
         "job.0.0.started", "job.0.0.completed", "block.0.completed", "workflow.completed",
     ]
+
+
+async def test_bad_events_injected_into_the_stream_are_terminated_not_retried_forever(nc):
+    from services.common.ids import new_id
+
+    js = nc.jetstream()
+    ghost = new_id()
+    await js.publish(f"wf.evt.{ghost}.job.0.0.completed", b"{not json")
+    await js.publish(f"wf.evt.{ghost}.job.0.0.completed",
+                     b'{"type": "job.completed", "id": "%s", "at": 1.0, "block": 0, "job": 0}' % ghost.encode())
+
+    async def settled():
+        info = await js.consumer_info("WF_EVENTS", "status")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled, what="the status consumer to have nothing pending or un-acked")
+    with pytest.raises(WfError) as err:
+        await client.status(nc, ghost)
+    assert err.value.code == 404
+    wf_id = await submit_and_exec(nc, workreq(blocks=((1, [1]),)))  # and nothing else was disturbed
+    assert (await wait_terminal(nc, wf_id))["status"] == "completed"
