@@ -398,9 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.is_async:
-        return asyncio.run(args.func(args))
-    return int(args.func(args))
+    try:
+        if args.is_async:
+            return asyncio.run(args.func(args))
+        return int(args.func(args))
+    except client.Unreachable as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

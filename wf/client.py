@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 
 from services.common.settings import DEFAULT_NATS_URL
@@ -38,9 +39,22 @@ def nats_url(data_dir: Path = Path(".wf"), role: str = "client") -> str:
     return DEFAULT_NATS_URL
 
 
+class Unreachable(Exception):
+    """Nobody answered: the system is not running, or not reachable from here."""
+
+
 async def call(nc: Client, subject: str, body: bytes, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-    """One request; raises WfError for an error reply."""
-    msg = await nc.request(subject, body, timeout=timeout_s)
+    """One request; raises WfError for an error reply, Unreachable when nobody answers."""
+    if len(body) > nc.max_payload:
+        message = (f"the request is {len(body)} bytes, above the server's max payload of {nc.max_payload} bytes "
+                   "(wf up's embedded server allows 8 MB; raise max_payload on your own server)")
+        raise WfError(413, message, {"error": {"code": 413, "message": message}})
+    try:
+        msg = await nc.request(subject, body, timeout=timeout_s)
+    except nats.errors.NoRespondersError:
+        raise Unreachable(f"no service answers {subject}: is `wf up` running?") from None
+    except nats.errors.TimeoutError:
+        raise Unreachable(f"no reply on {subject} within {timeout_s:.0f} s") from None
     headers = msg.headers or {}
     data = json.loads(msg.data) if msg.data else {}
     code = headers.get("Nats-Service-Error-Code")

@@ -308,3 +308,20 @@ def test_wf_setup_creates_the_topology_and_seeds_emergency_stops(nats_server):
     assert done.returncode == 0, done.stderr
     assert "streams, consumers and buckets are in place (replicas 1)" in done.stdout
     assert "SatelliteDiskErase go" in done.stdout and "SleepDemo go" in done.stdout
+
+
+def test_the_cli_says_clearly_when_nobody_answers_or_a_workreq_is_too_large(nats_server, tmp_path):
+    env = {**os.environ, "WF_NATS_URL": nats_server}
+    job = {"name": "sleep", "args": {"seconds": "1"}}
+    small = json.dumps({"name": "SleepDemo", "blocks": [{"jobs": [job]}]})
+    large = json.dumps({"name": "SleepDemo", "blocks": [{"jobs": [job] * 1000}] * 25})  # > 1 MB, the default max payload
+
+    def submit(body):
+        return subprocess.run([sys.executable, "-m", "wf.cli", "submit", "-"], input=body, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    nobody = submit(small)
+    assert nobody.returncode == 1 and nobody.stderr.strip() == "wf: no service answers wf.api.submit: is `wf up` running?"
+    too_large = submit(large)
+    assert too_large.returncode == 1 and "error 413: the request is" in too_large.stderr
+    assert "above the server's max payload of 1048576 bytes" in too_large.stderr
