@@ -61,8 +61,9 @@ def start_system(
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
-    """One running system per test module, with two job runners and quick sleeps."""
-    running = start_system(tmp_path_factory.mktemp("wf"), "--time-scale", "0.01", "--runners", "2")
+    """One running system per test module, with two job runners, quick sleeps and two small limits."""
+    running = start_system(tmp_path_factory.mktemp("wf"), "--time-scale", "0.01", "--runners", "2",
+                           env={"WF_MAX_REQUEST_BYTES": "200000", "WF_MAX_JOBS_PER_BLOCK": "100"})
     yield running
     assert running.stop() == 0, running.log_tail()
 

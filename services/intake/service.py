@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import msgspec
@@ -40,6 +41,8 @@ from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.topology import CONFIG_BUCKET, ES_BUCKET
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
+
+from .limits import Limits, check_limits
 
 log = structlog.get_logger()
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
@@ -92,23 +95,30 @@ class PolicyConfigState:
 class Intake:
     def __init__(
         self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState,
-        es: EmergencyStops,
+        es: EmergencyStops, limits: Limits,
     ) -> None:
         self.js = js
         self.settings = settings
         self.waiters = waiters
         self.policy_state = policy_state
         self.es = es
+        self.limits = limits
 
     def _check_not_stopped(self, workreq: str) -> None:
         if not self.es.is_go(workreq):
             raise ApiError(423, f"emergency stop is not 'go' for {workreq!r}")
 
     async def submit(self, request: Request) -> bytes:
+        if len(request.data) > self.limits.max_request_bytes:
+            raise ApiError(413, f"the request is {len(request.data)} bytes, over the limit of "
+                                f"{self.limits.max_request_bytes} (WF_MAX_REQUEST_BYTES)")
         try:
             req = workreq_decoder.decode(request.data)
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"not a valid WorkReq: {exc}") from None
+        too_much = check_limits(req, self.limits)
+        if too_much:
+            raise ApiError(400, f"WorkReq too large: {too_much}")
         if self.policy_state.error:
             raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
         self._check_not_stopped(req.name)
@@ -204,7 +214,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
     es_task = asyncio.create_task(es.follow(es_kv, stop))
     await es.ready.wait()
-    intake = Intake(js, settings, waiters, policy_state, es)
+    intake = Intake(js, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)))
     service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests")
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),

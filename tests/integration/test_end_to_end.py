@@ -214,3 +214,15 @@ async def test_bad_events_injected_into_the_stream_are_terminated_not_retried_fo
     assert err.value.code == 404
     wf_id = await submit_and_exec(nc, workreq(blocks=((1, [1]),)))  # and nothing else was disturbed
     assert (await wait_terminal(nc, wf_id))["status"] == "completed"
+
+
+async def test_a_request_over_the_size_limit_gets_413_and_a_workreq_over_a_count_limit_400(nc):
+    with pytest.raises(WfError) as err:
+        await client.submit(nc, workreq(blocks=((1, [1]),)) + b" " * 200_001)
+    assert err.value.code == 413 and "over the limit of 200000 (WF_MAX_REQUEST_BYTES)" in err.value.message
+    with pytest.raises(WfError) as err:
+        await client.submit(nc, workreq(blocks=((5, [1] * 101),)))
+    assert err.value.code == 400
+    assert err.value.message == ("WorkReq too large: block 0's number of jobs is 101, over the limit of 100 "
+                                 "(WF_MAX_JOBS_PER_BLOCK)")
+    assert "id" not in err.value.body, "nothing was stored"
