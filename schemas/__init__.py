@@ -236,6 +236,10 @@ def job_command_subject(wf_id: str, block: int, job: int) -> str:
 
 # ---------------------------------------------------------------- codecs (reused, never rebuilt)
 
+# What decoding outside input can raise: msgspec raises UnicodeDecodeError, not DecodeError, for
+# invalid UTF-8 inside a JSON string. Catch this, never msgspec.DecodeError alone.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+
 encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(Event)
 workreq_decoder = msgspec.json.Decoder(WorkReq)

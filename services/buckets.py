@@ -20,6 +20,7 @@ import nats.js.errors
 from msgspec import Meta
 from nats.js.kv import KeyValue
 
+from schemas import DECODE_ERRORS
 from services.common.configfile import load_config
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -57,7 +58,7 @@ class BucketConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def parse_bucket_configs(text: str) -> dict[str, BucketConfig]:
     try:
         configs = msgspec.json.decode(text, type=dict[str, BucketConfig], strict=True)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise BucketConfigError(str(exc)) from None
     for name, config in configs.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):

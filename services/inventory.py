@@ -49,6 +49,8 @@ def _rows(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]
         text = path.read_text()
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"{path}: not UTF-8 text: {exc}") from None
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -16,6 +16,8 @@ def load_config(path: Path, parse: Callable[[str], T], error: type[ValueError]) 
         text = path.read_text()
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text: {exc}") from None
     try:
         return parse(text)
     except error as exc:

@@ -12,12 +12,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 import structlog
 from nats.micro.request import Request
 from nats.micro.service import Endpoint, Service
 
-from schemas import encoder, id_request_decoder
+from schemas import DECODE_ERRORS, encoder, id_request_decoder
 
 from .ids import is_valid_id
 
@@ -117,7 +116,7 @@ def decode_id(data: bytes) -> str:
     """The id of an `{"id": ID}` request; 400 for a bad body, 404 for what cannot be an id."""
     try:
         wf_id = id_request_decoder.decode(data).id
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise ApiError(400, f'request must be JSON {{"id": ID}}: {exc}') from None
     if not is_valid_id(wf_id):
         raise ApiError(404, f"unknown id {wf_id!r}")

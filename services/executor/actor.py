@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import Approved, JobCommand, Submitted, event_decoder
+from schemas import DECODE_ERRORS, Approved, JobCommand, Submitted, event_decoder
 from services.common.bus import follow_workflow, publish_all
 from services.common.es import EmergencyStops
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
@@ -107,7 +106,7 @@ class WorkflowActor:
                 continue
             try:
                 self._apply(event_decoder.decode(msg.data))
-            except msgspec.DecodeError as exc:
+            except DECODE_ERRORS as exc:
                 log.error("bad_event_ignored", subject=msg.subject, error=str(exc))
             if not self.caught_up:
                 if msg.metadata.num_pending > 0:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import ExecRequested, event_decoder
+from schemas import DECODE_ERRORS, ExecRequested, event_decoder
 from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
 from services.common.bus import connect
 from services.common.es import EmergencyStops
@@ -42,7 +41,7 @@ class Executor:
     async def on_exec_requested(self, msg: Msg) -> None:
         try:
             ev = event_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
             await msg.term()
             return

@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-import msgspec
 import nats.errors
 import nats.js.errors
 import nats.micro
@@ -23,6 +22,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from schemas import (
+    DECODE_ERRORS,
     CancelRequested,
     ExecRequested,
     IdReply,
@@ -114,7 +114,7 @@ class Intake:
                                 f"{self.limits.max_request_bytes} (WF_MAX_REQUEST_BYTES)")
         try:
             req = workreq_decoder.decode(request.data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise ApiError(400, f"not a valid WorkReq: {exc}") from None
         too_much = check_limits(req, self.limits)
         if too_much:

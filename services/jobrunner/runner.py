@@ -16,13 +16,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import (
+    DECODE_ERRORS,
     JobCommand,
     JobCompleted,
     JobFailed,
@@ -103,7 +103,7 @@ class JobRunner:
     async def on_workflow_event(self, msg: Msg) -> None:
         try:
             ev = event_decoder.decode(msg.data)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return
         if not isinstance(ev, WorkflowEnded):
             return
@@ -119,7 +119,7 @@ class JobRunner:
         started = time.perf_counter()
         try:
             cmd = command_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             log.error("bad_command_terminated", subject=msg.subject, error=str(exc))
             await msg.term()
             return

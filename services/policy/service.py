@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import Approved, Rejected, Submitted, event_decoder
+from schemas import DECODE_ERRORS, Approved, Rejected, Submitted, event_decoder
 from services.common.bus import connect, last_event, publish_event
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
@@ -36,7 +35,7 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
     started = time.perf_counter()
     try:
         ev = event_decoder.decode(msg.data)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
         await msg.term()
         return

@@ -12,7 +12,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import msgspec
 import nats.errors
 import nats.js.errors
 import nats.micro
@@ -22,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
-from schemas import Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
+from schemas import DECODE_ERRORS, Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
 from services.common.bus import connect, last_event, read_history
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
@@ -172,7 +171,7 @@ async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
     for msg in msgs:
         try:
             ev = event_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             log.error("bad_event_terminated", subject=msg.subject, error=str(exc))
             await msg.term()
             continue

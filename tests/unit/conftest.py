@@ -23,3 +23,10 @@ def jobs(job_env: JobEnv) -> JobRegistry:
 @pytest.fixture
 def policies() -> PolicyRegistry:
     return PolicyRegistry(builtin_policies())
+
+
+@pytest.fixture
+def jobs_registry_and_config(jobs):
+    from services.policy.registry import load_policy_config
+
+    return jobs, load_policy_config(REPO / "configs" / "policies.json", PolicyRegistry(builtin_policies()), jobs)

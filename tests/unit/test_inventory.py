@@ -80,3 +80,14 @@ def test_a_source_sees_changes_to_the_files(tmp_path):
     assert source.current().site("aaa").status == "decom"
     write(tmp_path, [{**GOOD_SITE, "Status": "inService"}, {"Name": "aab", "Type": "cluster", "Status": "inService"}], [])
     assert source.current().site("aaa").status == "inService"
+
+
+def test_files_that_are_not_utf8_are_clear_errors(tmp_path):
+    from services.policy.registry import ConfigError, PolicyRegistry, builtin_policies, load_policy_config
+
+    (tmp_path / "sites.json").write_bytes(b'{"Name": "a\xeba"}\n')
+    (tmp_path / "machines.json").write_text("")
+    with pytest.raises(InventoryError, match="not UTF-8 text"):
+        load_inventory(tmp_path)
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_policy_config(tmp_path / "sites.json", PolicyRegistry(builtin_policies()), None)
