@@ -108,7 +108,7 @@ async def test_a_killed_service_is_restarted(tmp_path):
             async def submits():
                 try:
                     return await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
-                except (TimeoutError, client.WfError, nats.errors.Error):
+                except (TimeoutError, client.WfError, client.Unreachable, nats.errors.Error):  # restarting
                     return None
 
             assert (await eventually(submits, 15, what="intake to answer again"))["verdict"] == "approved"
