@@ -27,7 +27,15 @@ class RunningSystem:
     proc: subprocess.Popen  # type: ignore[type-arg]
     data_dir: Path
     log_path: Path
-    url: str
+    url: str  # the admin role's: tests inspect and arrange freely
+    client_url: str = ""
+    operator_url: str = ""
+
+    def read_urls(self) -> None:
+        def url(role: str) -> str:
+            return (self.data_dir / f"{role}.env").read_text().strip().partition("=")[2]
+
+        self.url, self.client_url, self.operator_url = url("admin"), url("client"), url("operator")
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -56,6 +64,7 @@ def start_system(
             system.stop()
             pytest.fail(f"wf up was not ready (exit {proc.returncode}):\n{system.log_tail()}")
         time.sleep(0.05)
+    system.read_urls()
     return system
 
 

@@ -305,7 +305,8 @@ class System:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"wf bench: the system did not start; see {self.dir / 'wf-up.log'}")
             await asyncio.sleep(0.1)
-        return f"nats://127.0.0.1:{self.port}"
+        # the admin role: the bench creates a scratch stream and flips an emergency stop
+        return (self.dir / "data" / "admin.env").read_text().strip().partition("=")[2]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -18,16 +18,17 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
+from services.common.bus import tls_context
 from services.common.es_seed import seed_emergency_stops
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
 from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology
 from services.inventory import InventoryError, load_inventory
 
-from . import bench, client
+from . import auth, bench, client
 from .erase import EraseRefused, erase_satellite_workreq
 from .render import TERMINAL, list_table, render, summary_line
-from .up import UpOptions, die_with_parent, free_port, run_up
+from .up import UpOptions, die_with_parent, free_port, run_up, write_env_file
 
 DEMO_SITE = "aap"
 
@@ -45,7 +46,7 @@ def _fail(message: str, code: int = 1) -> int:
 async def _connect(args: argparse.Namespace, role: str = "client") -> Client:
     url = client.nats_url(Path(args.data_dir), role)
     try:
-        return await nats.connect(url, name="wf-cli", allow_reconnect=False, connect_timeout=3)
+        return await nats.connect(url, name="wf-cli", allow_reconnect=False, connect_timeout=3, tls=tls_context())
     except (nats.errors.NoServersError, OSError) as exc:
         raise SystemExit(f"wf: cannot reach NATS at {url} ({exc}); is `wf up` running? (WF_NATS_URL, --data-dir)") from None
 
@@ -137,6 +138,23 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth_export(args: argparse.Namespace) -> int:
+    """For a server of your own (`wf up --nats-url`): the same roles and permissions `wf up` uses."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    credentials = auth.new_credentials()
+    conf = out / "wf-auth.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(auth.authorization_block(credentials))
+    for role in auth.ROLES:
+        write_env_file(out / f"{role}.env", auth.role_url(args.server, role, credentials))
+    print(f"wrote {conf} (include it in your nats-server configuration) and one <role>.env per role in {out}:")
+    print("  services: WF_NATS_URL from intake.env, policy.env, executor.env, jobrunner.env, status.env")
+    print("  people and scripts: client.env; emergency stops: operator.env; wf setup: admin.env")
+    return 0
+
+
 def exit_code(status: dict) -> int:  # type: ignore[type-arg]
     """For scripts waiting on `wf status --watch`: 0 completed, 1 failed or rejected."""
     return 0 if status["status"] == "completed" else 1
@@ -217,7 +235,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         runners=args.runners,
         executors=args.executors,
         log_level=args.log_level,
+        tls_cert=Path(args.tls_cert).resolve() if args.tls_cert else None,
+        tls_key=Path(args.tls_key).resolve() if args.tls_key else None,
     )
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        return _fail("--tls-cert and --tls-key go together")
     return asyncio.run(run_up(opts))
 
 
@@ -337,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--time-scale", type=float, default=1.0, help="multiplies simulated job durations; 0 = instant")
     up.add_argument("--runners", type=int, default=1, help="job runner processes (default 1)")
     up.add_argument("--executors", type=int, default=1, help="executor processes (default 1); each owns some workflows")
+    up.add_argument("--tls-cert", help="TLS certificate for the embedded server's client port (with --tls-key)")
+    up.add_argument("--tls-key", help="its private key; clients then trust the certificate through WF_NATS_CA")
     up.add_argument("--log-level", default=os.environ.get("WF_LOG_LEVEL", "info"))
     up.set_defaults(func=cmd_up, is_async=False)
 
@@ -372,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", default=str(_default_config_dir()), help="where es.json is")
     p.add_argument("--stream-replicas", type=int, default=1, help="copies of each stream and bucket (3 in a cluster of three)")
     p.set_defaults(func=cmd_setup, is_async=True)
+
+    p = sub.add_parser("auth", help="`wf auth export`: roles and credentials for a NATS server of your own")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("--out", required=True, help="directory for wf-auth.conf and the <role>.env files (mode 0600)")
+    p.add_argument("--server", default="127.0.0.1:4222", help="host:port the URLs in the .env files point at")
+    p.set_defaults(func=cmd_auth_export, is_async=False)
 
     p = sub.add_parser("ping", help="exit 0 if a service answers $SRV.PING (a healthcheck)")
     p.add_argument("service", help="wf-intake, wf-policy, wf-executor, wf-status or wf-jobrunner")

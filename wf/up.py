@@ -21,7 +21,10 @@ import structlog
 
 from services.common.bus import connect
 from services.common.es_seed import seed_emergency_stops
+from services.common.lifecycle import redact
 from services.common.topology import ES_BUCKET, ensure_topology
+
+from . import auth
 
 log = structlog.get_logger()
 
@@ -41,6 +44,8 @@ class UpOptions:
     runners: int = 1
     executors: int = 1
     log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -164,15 +169,14 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
 MAX_PAYLOAD = "8MB"  # a 50,000-job WorkReq and its StatusResp are several MB (NATS default: 1 MB)
 
 
-def write_server_config(data_dir: Path, port: int) -> Path:
-    """The embedded nats-server's configuration: loopback only, JetStream under the data dir."""
+def write_server_config(data_dir: Path, port: int, authorization: str = "") -> Path:
+    """The embedded nats-server's configuration: loopback only, JetStream under the data dir, and
+    the generated users and permissions (the file holds secrets: mode 0600)."""
     conf = data_dir / "nats-server.conf"
     store = json.dumps(str(data_dir / "jetstream"))
-    conf.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"max_payload: {MAX_PAYLOAD}\n"
-        f"jetstream {{ store_dir: {store} }}\n"
-    )
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\njetstream {{ store_dir: {store} }}\n{authorization}")
     return conf
 
 
@@ -190,19 +194,31 @@ class System:
         self.data_dir = opts.data_dir.resolve()
         self.server: Supervised | None = None
         self.services: list[Supervised] = []
-        self.url = opts.nats_url or f"nats://127.0.0.1:{opts.nats_port}"
+        # With the embedded server, every role gets its own generated credentials; with
+        # --nats-url, the URL given is used as it is for everything (its server, its rules).
+        self.credentials = auth.new_credentials() if opts.nats_url is None else None
+        self.host_port = f"127.0.0.1:{opts.nats_port}"
+
+    def url_for(self, role: str) -> str:
+        if self.credentials is None:
+            assert self.opts.nats_url is not None
+            return self.opts.nats_url
+        url = auth.role_url(self.host_port, role, self.credentials)
+        return url.replace("nats://", "tls://", 1) if self.opts.tls_cert else url
 
     @property
-    def env_files(self) -> list[Path]:
-        return [self.data_dir / "client.env", self.data_dir / "operator.env"]
+    def env_files(self) -> dict[Path, str]:
+        """Written once every service answers (in this order: client.env last means all are there)."""
+        return {self.data_dir / "admin.env": "admin", self.data_dir / "operator.env": "operator",
+                self.data_dir / "client.env": "client"}
 
     def expected(self) -> Counter[str]:
         return Counter({f"wf-{name}": 1 for name in SERVICES} | {"wf-executor": self.opts.executors, "wf-jobrunner": self.opts.runners})
 
-    def _service_env(self) -> dict[str, str]:
+    def _service_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            WF_NATS_URL=self.url,
+            WF_NATS_URL=self.url_for(role),
             WF_CONFIG_DIR=str(self.opts.config_dir.resolve()),
             WF_TIME_SCALE=str(self.opts.time_scale),
             WF_LOG_LEVEL=self.opts.log_level,
@@ -210,6 +226,8 @@ class System:
         )
         if self.opts.inventory_dir is not None:
             env["WF_INVENTORY_DIR"] = str(self.opts.inventory_dir.resolve())
+        if self.opts.tls_cert is not None and "WF_NATS_CA" not in env:
+            env["WF_NATS_CA"] = str(self.opts.tls_cert)  # self-signed: the certificate is its own CA
         env.update(self.opts.extra_env)
         return env
 
@@ -222,22 +240,28 @@ class System:
         try:
             if self.opts.nats_url is None:
                 binary = find_nats_server(self.opts.nats_server)
-                conf = write_server_config(self.data_dir, self.opts.nats_port)
+                assert self.credentials is not None
+                auth.save_credentials(self.data_dir / "auth" / "credentials.json", self.credentials)
+                tls = ""
+                if self.opts.tls_cert is not None and self.opts.tls_key is not None:
+                    tls = f"tls {{ cert_file: {json.dumps(str(self.opts.tls_cert))}, key_file: {json.dumps(str(self.opts.tls_key))} }}\n"
+                    os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))  # for wf up's own connection
+                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials))
                 argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
                 await self.server.start()
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))
                 await wait_for_port(self.opts.nats_port)
-            nc = await connect(self.url, "wf-up")
+            nc = await connect(self.url_for("admin"), "wf-up")
             await ensure_topology(nc.jetstream())
             es_state = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), self.opts.config_dir / "es.json")
             log.info("emergency_stops", **es_state)
-            env = self._service_env()
             replicas = {"executor": self.opts.executors, "jobrunner": self.opts.runners}
             for name in [*SERVICES, *replicas]:
                 count = replicas.get(name, 1)
                 for n in range(1, count + 1):
                     label = name if name in SERVICES else f"{name}-{n}"
+                    env = self._service_env(name)
                     self.services.append(Supervised(label, [sys.executable, "-m", f"services.{name}"], env))
             for svc in self.services:
                 await svc.start()
@@ -265,9 +289,10 @@ class System:
             seen = await ping_services(nc)
             missing = expected - seen
             if not missing:
-                for path in self.env_files:
-                    write_env_file(path, self.url)
-                log.info("wf_up_ready", url=self.url, client_env=str(self.env_files[0]))
+                for path, role in self.env_files.items():
+                    write_env_file(path, self.url_for(role))
+                log.info("wf_up_ready", server=self.opts.nats_url and redact(self.opts.nats_url) or self.host_port,
+                         client_env=str(self.data_dir / "client.env"))
                 return
             if loop.time() > next_report:
                 log.warning("waiting_for_services", missing=dict(missing))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import AsyncIterator, Iterable
 
 import nats
@@ -24,6 +26,12 @@ ACK_TIMEOUT_S = 5.0
 MSG_ID = "Nats-Msg-Id"
 
 
+def tls_context() -> ssl.SSLContext | None:
+    """With `WF_NATS_CA` set (a CA file, or the server's self-signed certificate), TLS trusting it."""
+    ca_file = os.environ.get("WF_NATS_CA")
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+
 async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> Client:
     """Connect, retrying until the deadline; once connected, reconnect forever."""
 
@@ -43,6 +51,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> C
             return await nats.connect(
                 url,
                 name=name,
+                tls=tls_context(),
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 error_cb=on_error,

@@ -35,14 +35,15 @@ def run_service(name: str, main: Main) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("service_starting", nats_url=_redact(settings.nats_url))
+        log.info("service_starting", nats_url=redact(settings.nats_url))
         await main(settings, stop)
         log.info("service_stopped")
 
     asyncio.run(runner())
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """A URL without its credentials, for logs."""
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")

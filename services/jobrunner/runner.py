@@ -27,7 +27,9 @@ from schemas import (
     JobCompleted,
     JobFailed,
     JobStarted,
+    Submitted,
     WorkflowEnded,
+    WorkReq,
     command_decoder,
     event_decoder,
 )
@@ -86,6 +88,7 @@ class JobRunner:
         self.max_deliveries = max_deliveries
         self.running: dict[tuple[str, int, int], Running] = {}
         self.ended: OrderedDict[str, str] = OrderedDict()  # recently ended workflows -> why
+        self.approved: OrderedDict[str, WorkReq] = OrderedDict()  # verified executing workflows
         es.on_change(self.on_emergency_stop)
 
     # ------------------------------------------------------------ stopping running jobs
@@ -127,6 +130,11 @@ class JobRunner:
         structlog.contextvars.bind_contextvars(
             workflow_id=cmd.id, block=cmd.block, job=cmd.job, job_name=cmd.name, attempt=attempt
         )
+        refusal = await self._refusal(cmd)
+        if refusal:  # never run it, never retry it; recorded in the log for whoever investigates
+            await msg.term()
+            log.error("forged_command_refused", reason=refusal, subject=msg.subject, outcome="refused")
+            return
         skip = await self._skip_reason(cmd, attempt)
         if skip:
             await msg.ack()
@@ -157,6 +165,31 @@ class JobRunner:
             error=getattr(result, "error", ""),
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    async def _refusal(self, cmd: JobCommand) -> str:
+        """Defence in depth: run only what an executing workflow's approved WorkReq says, at that place."""
+        req = self.approved.get(cmd.id)
+        if req is None:
+            req = await self._approved_workreq(cmd.id)
+            if req is None:
+                return "no approved, executing workflow has this id"
+            self.approved[cmd.id] = req
+            while len(self.approved) > ENDED_MEMORY:
+                self.approved.popitem(last=False)
+        if not (0 <= cmd.block < len(req.blocks) and 0 <= cmd.job < len(req.blocks[cmd.block].jobs)):
+            return "no such block and job in the approved WorkReq"
+        job = req.blocks[cmd.block].jobs[cmd.job]
+        if (job.name, job.args, req.name) != (cmd.name, cmd.args, cmd.workreq):
+            return "the job, its args or the WorkReq name differ from the approved WorkReq"
+        return ""
+
+    async def _approved_workreq(self, wf_id: str) -> WorkReq | None:
+        for subject in ("approved", "exec_requested"):
+            if await last_event(self.js, f"wf.evt.{wf_id}.{subject}") is None:
+                return None
+        msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
+        ev = event_decoder.decode(msg.data) if msg is not None else None
+        return ev.req if isinstance(ev, Submitted) else None
 
     async def _skip_reason(self, cmd: JobCommand, attempt: int) -> str:
         if cmd.id in self.ended:

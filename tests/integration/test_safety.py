@@ -13,16 +13,20 @@ import nats.errors
 import pytest
 
 from schemas import (
+    Approved,
     CancelRequested,
+    ExecRequested,
     JobCommand,
     JobStarted,
+    Submitted,
     WorkflowEnded,
     encoder,
     event_decoder,
     job_command_subject,
+    workreq_decoder,
 )
 from services.buckets import BucketConfig, BucketStore, load_bucket_configs
-from services.common.bus import last_event, read_history
+from services.common.bus import last_event, publish_event, read_history
 from services.common.es import EmergencyStops
 from services.common.ids import new_id
 from services.common.topology import JOBS_STREAM, RUNNER_CONSUMER, ensure_topology
@@ -212,7 +216,10 @@ async def test_a_command_delivered_too_often_fails_saying_so_instead_of_hanging(
         js = nc.jetstream()
         await ensure_topology(js)
         wf_id = new_id()
-        cmd = JobCommand(id=wf_id, block=0, job=0, name="sleep", args={"seconds": "1"}, at=time.time())
+        req = workreq_decoder.decode(b'{"name": "SleepDemo", "blocks": [{"jobs": [{"name": "sleep", "args": {"seconds": "1"}}]}]}')
+        for ev in (Submitted(id=wf_id, at=1.0, req=req), Approved(id=wf_id, at=1.0), ExecRequested(id=wf_id, at=1.0)):
+            await publish_event(js, ev)  # a real, executing workflow: the runner's defence lets it through
+        cmd = JobCommand(id=wf_id, block=0, job=0, name="sleep", args={"seconds": "1"}, at=time.time(), workreq="SleepDemo")
         await js.publish(job_command_subject(wf_id, 0, 0), encoder.encode(cmd))
         sub = await js.pull_subscribe_bind(durable=RUNNER_CONSUMER, stream=JOBS_STREAM)
         for _ in range(5):  # five runners took it and vanished
@@ -221,7 +228,9 @@ async def test_a_command_delivered_too_often_fails_saying_so_instead_of_hanging(
         (msg,) = await sub.fetch(1, timeout=5)
         assert msg.metadata.num_delivered == 6
         env = JobEnv(inventory=InventorySource(REPO / "data"), buckets=load_bucket_configs(REPO / "configs" / "buckets.json"))
-        runner = JobRunner(js, JobRegistry(builtin_jobs(env)), 0.0, EmergencyStops(), max_deliveries=5)
+        es = EmergencyStops()
+        es._set("SleepDemo", "go")  # as if read from wf_es
+        runner = JobRunner(js, JobRegistry(builtin_jobs(env)), 0.0, es, max_deliveries=5)
         await runner.handle(msg)
         failed = await last_event(js, f"wf.evt.{wf_id}.job.0.0.failed")
         assert failed is not None

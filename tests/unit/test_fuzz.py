@@ -11,8 +11,8 @@ from schemas import DECODE_ERRORS, command_decoder, event_decoder, workreq_decod
 from services.buckets import BucketConfigError, parse_bucket_configs
 from services.common.endpoint import ApiError, decode_id
 from services.common.es import EsConfigError, parse_es_config
-from services.inventory import InventoryError, load_inventory
 from services.intake.limits import Limits, check_limits
+from services.inventory import InventoryError, load_inventory
 from services.policy.decide import decide
 from services.policy.registry import ConfigError, parse_policy_config
 
