@@ -96,7 +96,7 @@ ROLES: dict[str, Role] = {
         _role("executor",
               ["wf.evt.*.workflow.>", "wf.evt.*.block.>", "wf.cmd.job.>", *js_read(EVENTS_STREAM),
                *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, EXECUTOR_CONSUMER), *js_read(JOBS_STREAM),
-               f"$JS.API.STREAM.PURGE.{JOBS_STREAM}", *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
+               *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
                *kv_write(BUCKETS_BUCKET)],
               [MICRO]),
         _role("jobrunner",

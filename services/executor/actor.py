@@ -73,7 +73,6 @@ class WorkflowActor:
         sub = await follow_workflow(self.js, self.id)
         try:
             await self._follow(sub)
-            await self._purge_queued_commands()
             await self.exec_msg.ack()
             log.info("workflow_finished", outcome="ended")
         except NotExecutable as exc:
@@ -127,10 +126,6 @@ class WorkflowActor:
             decision = self.progress.decide()
             if decision:
                 await self._emit(decision)
-
-    async def _purge_queued_commands(self) -> None:
-        """An ended workflow's commands still in the work queue must never run."""
-        await self.js.purge_stream(JOBS_STREAM, subject=f"wf.cmd.job.{self.id}.>")
 
     def _apply(self, ev: object) -> None:
         if isinstance(ev, Submitted):

@@ -187,6 +187,11 @@ class JobRunner:
         for subject in ("approved", "exec_requested"):
             if await last_event(self.js, f"wf.evt.{wf_id}.{subject}") is None:
                 return None
+        for state in ("completed", "failed"):  # ended before this runner heard of it: its commands are dropped
+            msg = await last_event(self.js, f"wf.evt.{wf_id}.workflow.{state}")
+            if msg is not None:
+                ev = event_decoder.decode(msg.data)
+                self.ended[wf_id] = STOP_REASONS.get(getattr(ev, "stopped_by", ""), f"the workflow ended {state}")
         msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
         ev = event_decoder.decode(msg.data) if msg is not None else None
         return ev.req if isinstance(ev, Submitted) else None

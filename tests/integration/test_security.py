@@ -97,6 +97,7 @@ async def test_a_client_cannot_forge_events_commands_stops_or_touch_streams(syst
             "$JS.API.STREAM.PURGE.WF_EVENTS",
             "$JS.API.CONSUMER.DELETE.WF_EVENTS.policy",
             "$JS.API.CONSUMER.CREATE.WF_EVENTS.policy.wf.evt.*.submitted",  # reconfiguring a durable
+            "$JS.API.STREAM.PURGE.WF_JOBS",
         ]
         for subject in forged:
             await nc.publish(subject, b'{"type": "approved", "id": "%s", "at": 1}' % victim.encode())
@@ -151,6 +152,7 @@ async def test_a_forged_command_in_the_work_queue_is_refused_and_recorded(system
         ]
         for cmd in forgeries:
             await js.publish(job_command_subject(cmd.id, cmd.block, cmd.job), encoder.encode(cmd))
+        await js.publish(job_command_subject(never_submitted, 0, 1), b"{not a command")  # malformed: terminated too
 
         async def refused_twice():
             return system.log_path.read_text().count("forged_command_refused") >= 2
