@@ -226,8 +226,6 @@ class System:
         )
         if self.opts.inventory_dir is not None:
             env["WF_INVENTORY_DIR"] = str(self.opts.inventory_dir.resolve())
-        if self.opts.tls_cert is not None and "WF_NATS_CA" not in env:
-            env["WF_NATS_CA"] = str(self.opts.tls_cert)  # self-signed: the certificate is its own CA
         env.update(self.opts.extra_env)
         return env
 
@@ -245,7 +243,8 @@ class System:
                 tls = ""
                 if self.opts.tls_cert is not None and self.opts.tls_key is not None:
                     tls = f"tls {{ cert_file: {json.dumps(str(self.opts.tls_cert))}, key_file: {json.dumps(str(self.opts.tls_key))} }}\n"
-                    os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))  # for wf up's own connection
+                    # trust it (self-signed: the certificate is its own CA), here and in every service's env
+                    os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))
                 conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials))
                 argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
