@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.configfile import read_text
+
 SITE_TYPES = frozenset({"satellite", "cluster"})
 SITE_STATUSES = frozenset({"inService", "decom"})
 _SITE_RE = re.compile(r"^[a-z]{3}$")
@@ -45,12 +47,7 @@ class Inventory:
 
 
 def _rows(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InventoryError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise InventoryError(f"{path}: not UTF-8 text: {exc}") from None
+    text = read_text(path, InventoryError)
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

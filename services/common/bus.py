@@ -6,7 +6,9 @@ import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -16,11 +18,20 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from schemas import Event, JobCommand, encoder, event_msg_id, event_subject, job_command_subject
+from schemas import (
+    DECODE_ERRORS,
+    Event,
+    JobCommand,
+    encoder,
+    event_msg_id,
+    event_subject,
+    job_command_subject,
+)
 
 from .topology import EVENTS_STREAM
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 ACK_TIMEOUT_S = 5.0
 MSG_ID = "Nats-Msg-Id"
@@ -63,6 +74,16 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> C
                 raise
             log.info("nats_connect_retry", error=repr(exc))
             await asyncio.sleep(0.5)
+
+
+async def decode_or_terminate(msg: Msg, decoder: msgspec.json.Decoder[T]) -> T | None:
+    """The decoded message; or None, once it is terminated (never redelivered) and logged."""
+    try:
+        return decoder.decode(msg.data)
+    except DECODE_ERRORS as exc:
+        log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
+        await msg.term()
+        return None
 
 
 async def publish_event(js: JetStreamContext, ev: Event, headers: dict[str, str] | None = None) -> int:

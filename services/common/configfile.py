@@ -9,15 +9,20 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def load_config(path: Path, parse: Callable[[str], T], error: type[ValueError]) -> T:
-    """`parse` the file's text; an unreadable file, or `error` from the parser, becomes `error`
-    with the path in front."""
+def read_text(path: Path, error: type[ValueError]) -> str:
+    """The file's text; unreadable or not UTF-8 is `error`, naming the file."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text: {exc}") from None
+
+
+def load_config(path: Path, parse: Callable[[str], T], error: type[ValueError]) -> T:
+    """`parse` the file's text; an unreadable file, or `error` from the parser, becomes `error`
+    with the path in front."""
+    text = read_text(path, error)
     try:
         return parse(text)
     except error as exc:

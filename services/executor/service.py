@@ -8,9 +8,9 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import DECODE_ERRORS, ExecRequested, event_decoder
+from schemas import ExecRequested, event_decoder
 from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
-from services.common.bus import connect
+from services.common.bus import connect, decode_or_terminate
 from services.common.es import EmergencyStops
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
@@ -39,11 +39,8 @@ class Executor:
                 actor.request_stop("es")
 
     async def on_exec_requested(self, msg: Msg) -> None:
-        try:
-            ev = event_decoder.decode(msg.data)
-        except DECODE_ERRORS as exc:
-            log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
-            await msg.term()
+        ev = await decode_or_terminate(msg, event_decoder)
+        if ev is None:
             return
         if not isinstance(ev, ExecRequested):
             log.error("unexpected_event_terminated", subject=msg.subject, type=type(ev).__name__)

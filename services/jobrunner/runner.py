@@ -33,7 +33,7 @@ from schemas import (
     command_decoder,
     event_decoder,
 )
-from services.common.bus import last_event, publish_event
+from services.common.bus import decode_or_terminate, last_event, publish_event
 from services.common.es import EmergencyStops
 from services.common.topology import RUNNER_ACK_WAIT_S
 from services.jobs import Job, JobContext, JobError, JobRegistry
@@ -120,11 +120,8 @@ class JobRunner:
 
     async def handle(self, msg: Msg) -> None:
         started = time.perf_counter()
-        try:
-            cmd = command_decoder.decode(msg.data)
-        except DECODE_ERRORS as exc:
-            log.error("bad_command_terminated", subject=msg.subject, error=str(exc))
-            await msg.term()
+        cmd = await decode_or_terminate(msg, command_decoder)
+        if cmd is None:
             return
         attempt = msg.metadata.num_delivered
         structlog.contextvars.bind_contextvars(

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Protocol
 
 import structlog
 
 from services.buckets import BucketConfig, BucketStore
+from services.common.plugins import add_plugins
 from services.inventory import Inventory, InventoryError, InventorySource
 
 
@@ -141,14 +141,5 @@ def load_jobs(env: JobEnv) -> JobRegistry:
     """The built-in jobs plus those of installed packages (entry-point group `wf.jobs`: each entry
     is a callable taking a JobEnv and returning a job). A name registered twice is refused."""
     registry = JobRegistry(builtin_jobs(env))
-    for entry_point in sorted(entry_points(group=JOBS_ENTRY_POINTS), key=lambda ep: ep.name):
-        try:
-            job = entry_point.load()(env)
-        except Exception as exc:  # a plugin's import or factory failed: say which, do not crash
-            raise ValueError(f"job entry point {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}") from exc
-        if registry.get(job.name) is not None:
-            raise ValueError(
-                f"job {job.name!r} from entry point {entry_point.name!r} ({entry_point.value}) is already registered"
-            )
-        registry.add(job)
+    add_plugins(registry, JOBS_ENTRY_POINTS, "job", env)
     return registry

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +15,7 @@ import msgspec
 from schemas import WorkReq
 from services.common.configfile import load_config
 from services.common.jsonstream import json_stream
+from services.common.plugins import add_plugins
 from services.jobs import JobRegistry
 
 
@@ -138,14 +138,5 @@ def load_policies() -> PolicyRegistry:
     """The built-in policies plus those of installed packages (entry-point group `wf.policies`:
     each entry is a callable returning a policy). A name registered twice is refused."""
     registry = PolicyRegistry(builtin_policies())
-    for entry_point in sorted(entry_points(group=POLICIES_ENTRY_POINTS), key=lambda ep: ep.name):
-        try:
-            policy = entry_point.load()()
-        except Exception as exc:  # a plugin's import or factory failed: say which, do not crash
-            raise ValueError(f"policy entry point {entry_point.name!r} ({entry_point.value}) failed to load: {exc!r}") from exc
-        if registry.get(policy.name) is not None:
-            raise ValueError(
-                f"policy {policy.name!r} from entry point {entry_point.name!r} ({entry_point.value}) is already registered"
-            )
-        registry.add(policy)
+    add_plugins(registry, POLICIES_ENTRY_POINTS, "policy")
     return registry

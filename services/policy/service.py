@@ -9,8 +9,8 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import DECODE_ERRORS, Approved, Rejected, Submitted, event_decoder
-from services.common.bus import connect, last_event, publish_event
+from schemas import Approved, Rejected, Submitted, event_decoder
+from services.common.bus import connect, decode_or_terminate, last_event, publish_event
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
@@ -33,11 +33,8 @@ async def already_decided(js: JetStreamContext, wf_id: str) -> bool:
 
 async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, watcher: PolicyConfigWatcher) -> None:
     started = time.perf_counter()
-    try:
-        ev = event_decoder.decode(msg.data)
-    except DECODE_ERRORS as exc:
-        log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
-        await msg.term()
+    ev = await decode_or_terminate(msg, event_decoder)
+    if ev is None:
         return
     if not isinstance(ev, Submitted):
         log.error("unexpected_event_terminated", subject=msg.subject, type=type(ev).__name__)

@@ -21,8 +21,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
-from schemas import DECODE_ERRORS, Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
-from services.common.bus import connect, last_event, read_history
+from schemas import Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
+from services.common.bus import connect, decode_or_terminate, last_event, read_history
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
@@ -169,13 +169,9 @@ class Projection:
 async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
     by_workflow: dict[str, list[tuple[Msg, Event]]] = {}
     for msg in msgs:
-        try:
-            ev = event_decoder.decode(msg.data)
-        except DECODE_ERRORS as exc:
-            log.error("bad_event_terminated", subject=msg.subject, error=str(exc))
-            await msg.term()
-            continue
-        by_workflow.setdefault(ev.id, []).append((msg, ev))
+        ev = await decode_or_terminate(msg, event_decoder)
+        if ev is not None:
+            by_workflow.setdefault(ev.id, []).append((msg, ev))
     async with projection.lock:
         for wf_id, items in by_workflow.items():
             try:

@@ -39,10 +39,11 @@ def test_a_name_registered_twice_is_refused():
 def test_a_plugin_job_whose_name_is_taken_is_refused_naming_its_entry_point(job_env, monkeypatch):
     from importlib.metadata import EntryPoint
 
+    import services.common.plugins as plugins_module
     import services.jobs as jobs_module
 
     duplicate = EntryPoint(name="mySleep", value="tests.unit.test_jobs:sleep_factory", group="wf.jobs")
-    monkeypatch.setattr(jobs_module, "entry_points", lambda group: [duplicate] if group == "wf.jobs" else [])
+    monkeypatch.setattr(plugins_module, "entry_points", lambda group: [duplicate] if group == "wf.jobs" else [])
     with pytest.raises(ValueError, match=r"job 'sleep' from entry point 'mySleep' \(tests.unit.test_jobs:sleep_factory\) is already registered"):
         jobs_module.load_jobs(job_env)
 
@@ -55,9 +56,10 @@ def sleep_factory(env):
 def test_a_plugin_that_fails_to_import_is_a_clear_start_up_error(job_env, monkeypatch):
     from importlib.metadata import EntryPoint
 
+    import services.common.plugins as plugins_module
     import services.jobs as jobs_module
 
     broken = EntryPoint(name="broken", value="no_such_module_anywhere:factory", group="wf.jobs")
-    monkeypatch.setattr(jobs_module, "entry_points", lambda group: [broken])
+    monkeypatch.setattr(plugins_module, "entry_points", lambda group: [broken])
     with pytest.raises(ValueError, match=r"job entry point 'broken' \(no_such_module_anywhere:factory\) failed to load"):
         jobs_module.load_jobs(job_env)
