@@ -40,7 +40,8 @@ from services.jobs import Job, JobContext, JobError, JobRegistry
 
 log = structlog.get_logger()
 KEEPALIVE_S = RUNNER_ACK_WAIT_S / 3
-ENDED_MEMORY = 10_000
+ENDED_MEMORY = 10_000  # ids of recently ended workflows (small)
+APPROVED_MEMORY = 256  # verified WorkReqs (large): the workflows this runner is working for
 
 STOP_REASONS = {
     "es": "cancelled: emergency stop",
@@ -112,6 +113,7 @@ class JobRunner:
             return
         reason = STOP_REASONS.get(ev.stopped_by, f"cancelled: the workflow ended {ev.status}")
         self.ended[ev.id] = reason
+        self.approved.pop(ev.id, None)  # its WorkReq is not needed any more
         while len(self.ended) > ENDED_MEMORY:
             self.ended.popitem(last=False)
         self._cancel(lambda key, r: key[0] == ev.id, reason)
@@ -171,8 +173,9 @@ class JobRunner:
             if req is None:
                 return "no approved, executing workflow has this id"
             self.approved[cmd.id] = req
-            while len(self.approved) > ENDED_MEMORY:
+            while len(self.approved) > APPROVED_MEMORY:
                 self.approved.popitem(last=False)
+        self.approved.move_to_end(cmd.id)
         if not (0 <= cmd.block < len(req.blocks) and 0 <= cmd.job < len(req.blocks[cmd.block].jobs)):
             return "no such block and job in the approved WorkReq"
         job = req.blocks[cmd.block].jobs[cmd.job]
