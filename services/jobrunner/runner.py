@@ -90,6 +90,7 @@ class JobRunner:
         self.running: dict[tuple[str, int, int], Running] = {}
         self.ended: OrderedDict[str, str] = OrderedDict()  # recently ended workflows -> why
         self.approved: OrderedDict[str, WorkReq] = OrderedDict()  # verified executing workflows
+        self.verifying: dict[str, asyncio.Future[WorkReq | None]] = {}
         es.on_change(self.on_emergency_stop)
 
     # ------------------------------------------------------------ stopping running jobs
@@ -169,12 +170,9 @@ class JobRunner:
         """Defence in depth: run only what an executing workflow's approved WorkReq says, at that place."""
         req = self.approved.get(cmd.id)
         if req is None:
-            req = await self._approved_workreq(cmd.id)
+            req = await self._verify_once(cmd.id)
             if req is None:
                 return "no approved, executing workflow has this id"
-            self.approved[cmd.id] = req
-            while len(self.approved) > APPROVED_MEMORY:
-                self.approved.popitem(last=False)
         self.approved.move_to_end(cmd.id)
         if not (0 <= cmd.block < len(req.blocks) and 0 <= cmd.job < len(req.blocks[cmd.block].jobs)):
             return "no such block and job in the approved WorkReq"
@@ -182,6 +180,21 @@ class JobRunner:
         if (job.name, job.args, req.name) != (cmd.name, cmd.args, cmd.workreq):
             return "the job, its args or the WorkReq name differ from the approved WorkReq"
         return ""
+
+    async def _verify_once(self, wf_id: str) -> WorkReq | None:
+        """One look-up per workflow, however many of its commands arrive at once (a big block
+        brings hundreds together, and each look-up fetches and decodes the whole WorkReq)."""
+        pending = self.verifying.get(wf_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._approved_workreq(wf_id))
+            self.verifying[wf_id] = pending
+            pending.add_done_callback(lambda _: self.verifying.pop(wf_id, None))
+        req = await asyncio.shield(pending)  # a cancelled job must not cancel the others' look-up
+        if req is not None:
+            self.approved[wf_id] = req
+            while len(self.approved) > APPROVED_MEMORY:
+                self.approved.popitem(last=False)
+        return req
 
     async def _approved_workreq(self, wf_id: str) -> WorkReq | None:
         for subject in ("approved", "exec_requested"):
