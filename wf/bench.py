@@ -27,7 +27,7 @@ from nats.aio.client import Client
 from services.common.settings import REPO_ROOT
 
 from . import client
-from .up import free_port
+from .up import die_with_parent, free_port
 
 NAME = "SleepDemo"  # its policy allows `sleep`; at time scale 0 a sleep job is instant
 
@@ -297,7 +297,9 @@ class System:
         argv = [sys.executable, "-m", "wf.cli", "up", "--nats-port", str(self.port), "--data-dir", str(self.dir / "data"),
                 "--config-dir", str(REPO_ROOT / "configs"), "--time-scale", "0", "--runners", "2", "--log-level", "warning"]
         self.log = open(self.dir / "wf-up.log", "wb")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # it dies with the bench, even when the bench is killed (no orphaned system left running)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call, no locks)
 
     async def ready(self) -> str:
         deadline = time.monotonic() + 60
