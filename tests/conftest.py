@@ -120,3 +120,14 @@ def nats_server(tmp_path: Path) -> Iterator[str]:
     yield f"nats://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+async def wait_terminal(nc, wf_id: str, timeout_s: float = 30) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Poll `wf.api.status` until the workflow has ended; returns its final StatusResp."""
+    from wf import client
+
+    async def probe():  # type: ignore[no-untyped-def]
+        status = await client.status(nc, wf_id)
+        return status if status["status"] in ("completed", "failed") else None
+
+    return await eventually(probe, timeout_s, what=f"workflow {wf_id} to end")

@@ -14,7 +14,7 @@ import pytest
 
 from services.buckets import BucketConfig, BucketStore
 from services.inventory import load_inventory
-from tests.conftest import REPO, eventually, start_system
+from tests.conftest import REPO, eventually, start_system, wait_terminal
 from wf import client
 from wf.client import WfError
 from wf.erase import erase_satellite_workreq
@@ -50,12 +50,7 @@ async def run_to_end(nc, body, timeout_s=60):
     reply = await client.submit(nc, body)
     assert reply["verdict"] == "approved"
     await client.execute(nc, reply["id"])
-
-    async def ended():
-        status = await client.status(nc, reply["id"])
-        return status if status["status"] in ("completed", "failed") else None
-
-    return await eventually(ended, timeout_s, what=f"{reply['id']} to end")
+    return await wait_terminal(nc, reply["id"], timeout_s)
 
 
 async def test_an_erase_completes_and_a_second_within_the_interval_fails_at_its_token(dnc):

@@ -9,7 +9,7 @@ import pytest
 
 from schemas import BlockEnded, BlockStarted, JobCompleted, JobFailed, JobStarted, event_decoder
 from services.common.bus import read_history
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_terminal
 from wf import client
 from wf.client import WfError
 
@@ -34,14 +34,6 @@ async def submit_and_exec(nc, body=None):
     assert reply["verdict"] == "approved"
     await client.execute(nc, reply["id"])
     return reply["id"]
-
-
-async def wait_terminal(nc, wf_id, timeout_s=30):
-    async def probe():
-        status = await client.status(nc, wf_id)
-        return status if status["status"] in ("completed", "failed") else None
-
-    return await eventually(probe, timeout_s, what=f"workflow {wf_id} to end")
 
 
 async def test_a_multi_block_workflow_completes_in_block_order_within_rate_limits(nc):

@@ -12,7 +12,7 @@ import pytest
 
 from schemas import JobFailed, JobStarted, event_decoder
 from services.common.bus import read_history
-from tests.conftest import REPO, eventually, start_system
+from tests.conftest import REPO, start_system, wait_terminal
 from wf import client
 from wf.client import WfError
 
@@ -51,11 +51,7 @@ async def test_a_plugin_job_and_policy_run_through_the_bus(tmp_path, plugin_site
         assert reply["verdict"] == "approved"
         await client.execute(nc, reply["id"])
 
-        async def ended_status(wf_id):
-            status = await client.status(nc, wf_id)
-            return status if status["status"] in ("completed", "failed") else None
-
-        status = await eventually(lambda: ended_status(reply["id"]), what="the plugin's workflow to end")
+        status = await wait_terminal(nc, reply["id"])
         jobs = status["blocks"][0]["jobs"]
         assert [j["status"] for j in jobs] == ["completed", "failed"]
         assert jobs[1]["error"] == "countdown reached 1"
@@ -64,7 +60,7 @@ async def test_a_plugin_job_and_policy_run_through_the_bus(tmp_path, plugin_site
         reply = await client.submit(nc, workreq({"name": "flaky", "args": {"succeedAt": "2"}},
                                                 {"name": "flaky", "args": {"succeedAt": "5"}}))
         await client.execute(nc, reply["id"])
-        jobs = (await eventually(lambda: ended_status(reply["id"]), what="the retried jobs"))["blocks"][0]["jobs"]
+        jobs = (await wait_terminal(nc, reply["id"]))["blocks"][0]["jobs"]
         assert [j["status"] for j in jobs] == ["completed", "failed"]
         assert jobs[0]["error"] == "" and jobs[1]["error"] == "not yet (attempt 3)"
         events = [event_decoder.decode(m.data) for m in await read_history(nc.jetstream(), reply["id"])]
@@ -79,7 +75,7 @@ async def test_a_plugin_job_and_policy_run_through_the_bus(tmp_path, plugin_site
         body["blocks"][0]["rate_limit"] = 1
         reply = await client.submit(nc, json.dumps({**body, "max_failures": 1}).encode())
         await client.execute(nc, reply["id"])
-        status = await eventually(lambda: ended_status(reply["id"]), what="the budgeted workflow")
+        status = await wait_terminal(nc, reply["id"])
         assert [j["status"] for j in status["blocks"][0]["jobs"]] == ["failed", "failed", "not_started"]
         assert status["status"] == "failed" and status["had_errors"]
 

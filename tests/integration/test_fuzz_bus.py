@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tests.conftest import REPO, eventually
+from tests.conftest import REPO, wait_terminal
 from wf import client
 from wf.client import WfError
 from wf.up import ping_services
@@ -55,8 +55,4 @@ async def test_hundreds_of_bad_messages_change_nothing_and_everything_keeps_work
     assert await ping_services(nc, wait_s=1.0) == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     reply = await client.submit(nc, valid)
     await client.execute(nc, reply["id"])
-
-    async def completed():
-        return (await client.status(nc, reply["id"]))["status"] == "completed"
-
-    await eventually(completed, what="a normal workflow after the fuzzing")
+    assert (await wait_terminal(nc, reply["id"]))["status"] == "completed"  # a normal workflow after the fuzzing

@@ -8,7 +8,7 @@ import re
 import nats.js.errors
 import pytest
 
-from tests.conftest import REPO, eventually
+from tests.conftest import REPO, eventually, wait_terminal
 from wf import client
 from wf.client import WfError
 from wf.up import ping_services
@@ -48,11 +48,7 @@ async def test_every_name_the_recipes_use_exists(nc):
 async def run_one(nc) -> str:
     reply = await client.submit(nc, SLEEP)
     await client.execute(nc, reply["id"])
-
-    async def done():
-        return (await client.status(nc, reply["id"]))["status"] == "completed"
-
-    await eventually(done, what="the workflow")
+    assert (await wait_terminal(nc, reply["id"]))["status"] == "completed"
     return reply["id"]
 
 

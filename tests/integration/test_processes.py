@@ -18,7 +18,7 @@ import pytest
 from schemas import JobCompleted, JobStarted, event_decoder
 from services.common.bus import read_history
 from services.common.ids import id_time_s
-from tests.conftest import REPO, eventually, start_system
+from tests.conftest import REPO, eventually, start_system, wait_terminal
 from wf import client
 from wf.up import find_nats_server, free_port
 
@@ -139,11 +139,7 @@ async def test_a_workflow_survives_its_executor_being_killed_mid_block(tmp_path)
         await eventually(two_jobs_done, what="two jobs to complete")
         os.kill(pid_of(system, "executor"), signal.SIGKILL)
 
-        async def ended():
-            status = await client.status(nc, wf_id)
-            return status if status["status"] in ("completed", "failed") else None
-
-        status = await eventually(ended, 40, what="the workflow to end after the executor's death")
+        status = await wait_terminal(nc, wf_id, 40)  # after the executor's death
         assert status["status"] == "completed"
         assert all(j["status"] == "completed" for b in status["blocks"] for j in b["jobs"])
         events = [event_decoder.decode(m.data) for m in await read_history(js, wf_id)]
@@ -260,10 +256,7 @@ async def test_wf_up_uses_an_external_server_with_nats_url(tmp_path):
                 reply = await client.submit(nc, (REPO / "examples" / "sleep.json").read_bytes())
                 await client.execute(nc, reply["id"])
 
-                async def done():
-                    return (await client.status(nc, reply["id"]))["status"] == "completed"
-
-                await eventually(done, what="the workflow on the external server")
+                assert (await wait_terminal(nc, reply["id"]))["status"] == "completed"
             finally:
                 await nc.close()
         finally:

@@ -11,7 +11,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from tests.conftest import REPO, eventually
+from tests.conftest import REPO, eventually, wait_terminal
 from wf import client
 
 pytestmark = pytest.mark.integration
@@ -62,10 +62,7 @@ async def test_a_client_may_do_what_the_contract_grants(system):
         reply = await client.submit(nc, SLEEP)
         await client.execute(nc, reply["id"])
 
-        async def completed():
-            return (await client.status(nc, reply["id"]))["status"] == "completed"
-
-        await eventually(completed, what="the client's workflow")
+        assert (await wait_terminal(nc, reply["id"]))["status"] == "completed"
         js = nc.jetstream()
         kv = await js.key_value("wf_status")
         assert json.loads((await kv.get(reply["id"])).value)["status"] == "completed"
@@ -186,10 +183,7 @@ async def test_tls_on_the_client_port(tmp_path):
             reply = await client.submit(nc, SLEEP)
             await client.execute(nc, reply["id"])
 
-            async def completed():
-                return (await client.status(nc, reply["id"]))["status"] == "completed"
-
-            await eventually(completed, what="a workflow over TLS")
+            assert (await wait_terminal(nc, reply["id"]))["status"] == "completed"
         finally:
             await nc.close()
         with pytest.raises((nats.errors.Error, OSError, ssl.SSLError)):  # not trusting the certificate
