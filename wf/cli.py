@@ -46,7 +46,7 @@ def _fail(message: str, code: int = 1) -> int:
 async def _connect(args: argparse.Namespace, role: str = "client") -> Client:
     url = client.nats_url(Path(args.data_dir), role)
     try:
-        return await nats.connect(url, name="wf-cli", allow_reconnect=False, connect_timeout=3, tls=tls_context())
+        return await nats.connect([u.strip() for u in url.split(",")], name="wf-cli", allow_reconnect=False, connect_timeout=3, tls=tls_context())
     except (nats.errors.NoServersError, OSError) as exc:
         raise SystemExit(f"wf: cannot reach NATS at {url} ({exc}); is `wf up` running? (WF_NATS_URL, --data-dir)") from None
 
@@ -222,6 +222,28 @@ async def watch(nc: Client, wf_id: str, status: dict, *, as_json: bool = False) 
     return status
 
 
+SCALABLE = ("intake", "policy", "executor", "jobrunner", "status")
+
+
+def _replicas(args: argparse.Namespace) -> dict[str, int]:
+    """--replicas N for every service; then --scale SERVICE=N, --runners and --executors override it."""
+    counts = dict.fromkeys(SCALABLE, args.replicas)
+    for item in args.scale or []:
+        name, _, count = item.partition("=")
+        name = {"runner": "jobrunner", "runners": "jobrunner"}.get(name, name)
+        if name not in counts or not count.isdigit():
+            raise SystemExit(f"wf up: --scale wants SERVICE=N (N >= 0: 0 when you run it elsewhere) and SERVICE one of "
+                             f"{', '.join(SCALABLE)}; got {item!r}")
+        counts[name] = int(count)
+    if args.runners is not None:
+        counts["jobrunner"] = args.runners
+    if args.executors is not None:
+        counts["executor"] = args.executors
+    if min(counts.values()) < 0:
+        raise SystemExit("wf up: a service's replicas cannot be negative")
+    return counts
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     configure_logging("wf-up", args.log_level)
     opts = UpOptions(
@@ -232,14 +254,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         config_dir=Path(args.config_dir),
         inventory_dir=Path(args.inventory_dir) if args.inventory_dir else None,
         time_scale=args.time_scale,
-        runners=args.runners,
-        executors=args.executors,
+        replicas=_replicas(args),
+        stream_replicas=args.stream_replicas,
+        sync=args.sync,
         log_level=args.log_level,
         tls_cert=Path(args.tls_cert).resolve() if args.tls_cert else None,
         tls_key=Path(args.tls_key).resolve() if args.tls_key else None,
     )
     if (opts.tls_cert is None) != (opts.tls_key is None):
         return _fail("--tls-cert and --tls-key go together")
+    if opts.sync and opts.nats_url:
+        return _fail("--sync sets the embedded server's fsync; on your own server set sync_interval in its configuration")
     return asyncio.run(run_up(opts))
 
 
@@ -357,8 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config-dir", default=str(_default_config_dir()), help="policies.json and friends")
     up.add_argument("--inventory-dir", help="sites.json and machines.json (default: data/ of the checkout)")
     up.add_argument("--time-scale", type=float, default=1.0, help="multiplies simulated job durations; 0 = instant")
-    up.add_argument("--runners", type=int, default=1, help="job runner processes (default 1)")
-    up.add_argument("--executors", type=int, default=1, help="executor processes (default 1); each owns some workflows")
+    up.add_argument("--replicas", type=int, default=1, help="processes of every service (default 1)")
+    up.add_argument("--scale", action="append", metavar="SERVICE=N",
+                    help="processes of one service (intake, policy, executor, jobrunner, status); repeatable")
+    up.add_argument("--runners", type=int, help="job runner processes (same as --scale jobrunner=N)")
+    up.add_argument("--executors", type=int, help="executor processes (same as --scale executor=N); each owns some workflows")
+    up.add_argument("--stream-replicas", type=int, default=1,
+                    help="copies of each stream and bucket, with --nats-url on a cluster (3 for a cluster of three)")
+    up.add_argument("--sync", default="",
+                    help="the embedded server's fsync: 'always' fsyncs every write (survives power loss, slower); "
+                         "default: nats-server's (every 2 minutes)")
     up.add_argument("--tls-cert", help="TLS certificate for the embedded server's client port (with --tls-key)")
     up.add_argument("--tls-key", help="its private key; clients then trust the certificate through WF_NATS_CA")
     up.add_argument("--log-level", default=os.environ.get("WF_LOG_LEVEL", "info"))

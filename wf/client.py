@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +46,16 @@ class Unreachable(Exception):
     """Nobody answered: the system is not running, or not reachable from here."""
 
 
-async def call(nc: Client, subject: str, body: bytes, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+async def call(
+    nc: Client, subject: str, body: bytes, timeout_s: float = REQUEST_TIMEOUT_S, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One request; raises WfError for an error reply, Unreachable when nobody answers."""
     if len(body) > nc.max_payload:
         message = (f"the request is {len(body)} bytes, above the server's max payload of {nc.max_payload} bytes "
                    "(wf up's embedded server allows 8 MB; raise max_payload on your own server)")
         raise WfError(413, message, {"error": {"code": 413, "message": message}})
     try:
-        msg = await nc.request(subject, body, timeout=timeout_s)
+        msg = await nc.request(subject, body, timeout=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:
         raise Unreachable(f"no service answers {subject}: is `wf up` running?") from None
     except nats.errors.TimeoutError:
@@ -63,8 +68,23 @@ async def call(nc: Client, subject: str, body: bytes, timeout_s: float = REQUEST
     return data
 
 
-async def submit(nc: Client, workreq: bytes) -> dict[str, Any]:
-    return await call(nc, "wf.api.submit", workreq)
+SUBMIT_ATTEMPTS = 5
+RETRYABLE = (429, 503)  # too many in flight; a dependency down
+
+
+async def submit(nc: Client, workreq: bytes, key: str | None = None, attempts: int = SUBMIT_ATTEMPTS) -> dict[str, Any]:
+    """Submit with an idempotency key (`Nats-Msg-Id`, a fresh one unless given), retrying with the
+    same key when no reply came or the reply was 429 or 503 (backing off 0.5, 1, 2, 4 s, with
+    jitter): a retry never makes a second workflow."""
+    headers = {"Nats-Msg-Id": key or f"wf-submit-{uuid.uuid4()}"}
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call(nc, "wf.api.submit", workreq, headers=headers)
+        except (Unreachable, WfError) as err:
+            if attempt == attempts or (isinstance(err, WfError) and err.code not in RETRYABLE):
+                raise
+            await asyncio.sleep(0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
+    raise AssertionError("unreachable")
 
 
 async def execute(nc: Client, wf_id: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats.errors
 import structlog
 
 from services.common.bus import connect
@@ -28,7 +29,7 @@ from . import auth
 
 log = structlog.get_logger()
 
-SERVICES = ("intake", "policy", "status")
+SERVICES = ("intake", "policy", "status", "executor", "jobrunner")
 STOP_GRACE_S = 10.0
 
 
@@ -41,8 +42,9 @@ class UpOptions:
     config_dir: Path = Path("configs")
     inventory_dir: Path | None = None
     time_scale: float = 1.0
-    runners: int = 1
-    executors: int = 1
+    replicas: dict[str, int] = field(default_factory=dict)  # service -> processes (1 when absent)
+    stream_replicas: int = 1
+    sync: str = ""  # nats-server's sync_interval for the embedded server ("always": fsync every write)
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -169,14 +171,16 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
 MAX_PAYLOAD = "8MB"  # a 50,000-job WorkReq and its StatusResp are several MB (NATS default: 1 MB)
 
 
-def write_server_config(data_dir: Path, port: int, authorization: str = "") -> Path:
+def write_server_config(data_dir: Path, port: int, authorization: str = "", sync: str = "") -> Path:
     """The embedded nats-server's configuration: loopback only, JetStream under the data dir, and
     the generated users and permissions (the file holds secrets: mode 0600)."""
     conf = data_dir / "nats-server.conf"
     store = json.dumps(str(data_dir / "jetstream"))
+    sync_line = f", sync_interval: {json.dumps(sync)}" if sync else ""
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\njetstream {{ store_dir: {store} }}\n{authorization}")
+        fh.write(f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\n"
+                 f"jetstream {{ store_dir: {store}{sync_line} }}\n{authorization}")
     return conf
 
 
@@ -186,6 +190,21 @@ def write_env_file(path: Path, url: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(f"WF_NATS_URL={url}\n")
     os.replace(tmp, path)
+
+
+async def topology_when_ready(nc, replicas: int, deadline_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """ensure_topology, retried while JetStream is not ready (a cluster still electing its leaders)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        try:
+            await ensure_topology(nc.jetstream(), replicas=replicas)
+            return
+        except (nats.errors.Error, TimeoutError) as exc:  # ServiceUnavailable, NoResponders, timeouts
+            if loop.time() > end:
+                raise SystemExit(f"wf up: JetStream not ready after {deadline_s:.0f} s: {exc!r}") from None
+            log.info("jetstream_not_ready", error=repr(exc))
+            await asyncio.sleep(0.5)
 
 
 class System:
@@ -212,8 +231,11 @@ class System:
         return {self.data_dir / "admin.env": "admin", self.data_dir / "operator.env": "operator",
                 self.data_dir / "client.env": "client"}
 
+    def count(self, service: str) -> int:
+        return self.opts.replicas.get(service, 1)
+
     def expected(self) -> Counter[str]:
-        return Counter({f"wf-{name}": 1 for name in SERVICES} | {"wf-executor": self.opts.executors, "wf-jobrunner": self.opts.runners})
+        return Counter({f"wf-{name}": self.count(name) for name in SERVICES})
 
     def _service_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -245,21 +267,21 @@ class System:
                     tls = f"tls {{ cert_file: {json.dumps(str(self.opts.tls_cert))}, key_file: {json.dumps(str(self.opts.tls_key))} }}\n"
                     # trust it (self-signed: the certificate is its own CA), here and in every service's env
                     os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))
-                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials))
+                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials),
+                                           self.opts.sync)
                 argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
                 await self.server.start()
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))
                 await wait_for_port(self.opts.nats_port)
             nc = await connect(self.url_for("admin"), "wf-up")
-            await ensure_topology(nc.jetstream())
+            await topology_when_ready(nc, self.opts.stream_replicas)
             es_state = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), self.opts.config_dir / "es.json")
             log.info("emergency_stops", **es_state)
-            replicas = {"executor": self.opts.executors, "jobrunner": self.opts.runners}
-            for name in [*SERVICES, *replicas]:
-                count = replicas.get(name, 1)
+            for name in SERVICES:
+                count = self.count(name)
                 for n in range(1, count + 1):
-                    label = name if name in SERVICES else f"{name}-{n}"
+                    label = name if count == 1 and name not in ("executor", "jobrunner") else f"{name}-{n}"
                     env = self._service_env(name)
                     self.services.append(Supervised(label, [sys.executable, "-m", f"services.{name}"], env))
             for svc in self.services:

@@ -44,7 +44,8 @@ def tls_context() -> ssl.SSLContext | None:
 
 
 async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> Client:
-    """Connect, retrying until the deadline; once connected, reconnect forever."""
+    """Connect, retrying until the deadline; once connected, reconnect forever (to any server of a
+    cluster: `url` may list several, comma-separated, and the cluster announces the others)."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
@@ -60,7 +61,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> C
     while True:
         try:
             return await nats.connect(
-                url,
+                [u.strip() for u in url.split(",")],  # a cluster: several URLs, comma-separated
                 name=name,
                 tls=tls_context(),
                 max_reconnect_attempts=-1,

@@ -22,6 +22,9 @@ STATUS_BUCKET = "wf_status"
 ES_BUCKET = "wf_es"
 BUCKETS_BUCKET = "wf_buckets"
 CONFIG_BUCKET = "wf_config"
+LEASES_BUCKET = "wf_leases"  # workflow id -> the executor that owns it (services/executor/lease.py)
+IDEMPOTENCY_BUCKET = "wf_idempotency"  # hash of a submit's Nats-Msg-Id -> the workflow it created
+IDEMPOTENCY_TTL_S = 24 * 3600.0
 
 POLICY_CONSUMER = "policy"
 EXECUTOR_CONSUMER = "executor"
@@ -33,7 +36,8 @@ DUPLICATE_WINDOW_S = 120.0
 # renewing it with in-progress acks: if the executor dies, the message is redelivered after this
 # long and another executor (or its restart) resumes the workflow from WF_EVENTS.
 EXECUTOR_ACK_WAIT_S = 6.0
-RUNNER_ACK_WAIT_S = 30.0
+# A runner that dies mid-job leaves its command to be redelivered (and run again) after this long.
+RUNNER_ACK_WAIT_S = 10.0
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -93,5 +97,8 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     for stream, consumers in consumer_configs().items():
         for consumer in consumers:
             await js.add_consumer(stream, consumer)
-    for bucket in (STATUS_BUCKET, ES_BUCKET, BUCKETS_BUCKET, CONFIG_BUCKET):
+    for bucket in (STATUS_BUCKET, ES_BUCKET, BUCKETS_BUCKET, CONFIG_BUCKET, LEASES_BUCKET):
         await js.create_key_value(bucket=bucket, history=1, direct=True, replicas=replicas)
+    # keys expire a day after they were written: a retried submit maps to its workflow for 24 hours
+    await js.create_key_value(bucket=IDEMPOTENCY_BUCKET, history=1, direct=True, replicas=replicas,
+                              ttl=IDEMPOTENCY_TTL_S)

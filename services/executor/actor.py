@@ -1,10 +1,14 @@
 """One workflow's actor: follows the workflow's events, decides, emits; owns the workflow meanwhile.
 
-Ownership is the workflow's `exec_requested` message on the executor's durable consumer: the actor
-keeps it un-acked (renewed with in-progress acks) until the workflow ends, then acks it. If this
-process dies, JetStream redelivers it after the ack wait and another executor (or this one,
-restarted) resumes the workflow from its history. Fresh and resumed workflows take the same path:
-replay the history, find commands still waiting in the work queue, then decide."""
+Two things make an actor the workflow's owner:
+- its `exec_requested` message on the executor's durable consumer, kept un-acked (renewed with
+  in-progress acks) until the workflow ends. If this process dies, JetStream redelivers it after
+  the ack wait to another executor (or this one, restarted): that is how a takeover starts;
+- its lease in KV `wf_leases` (lease.py), renewed every second with compare-and-set under a
+  server-side TTL. Nothing is dispatched without it, so a stalled or cut-off executor that comes
+  back finds its lease taken and stops instead of dispatching beside the new owner.
+Fresh and resumed workflows take the same path: replay the history, find commands still waiting
+in the work queue, then decide."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from services.common.bus import follow_workflow, publish_all
 from services.common.es import EmergencyStops
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
 
+from .lease import RENEW_S, Lease, LeaseLost
 from .limits import DispatchLimits
 from .progress import Decision, WorkflowProgress
 
@@ -34,11 +39,13 @@ class NotExecutable(Exception):
 
 class WorkflowActor:
     def __init__(
-        self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops, limits: DispatchLimits | None = None
+        self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops, limits: DispatchLimits | None,
+        lease: Lease,
     ) -> None:
         self.js = js
         self.id = wf_id
         self.exec_msg = exec_msg
+        self.lease = lease
         self.es = es
         self.limits = limits
         self._stopping = asyncio.Event()  # wakes a dispatch waiting for a token
@@ -59,7 +66,7 @@ class WorkflowActor:
         self.progress.stop(reason)
         self._stopping.set()
         if self.caught_up:
-            task = asyncio.create_task(self._step())
+            task = asyncio.create_task(self._step_or_lose())
             self._stop_tasks.add(task)
             task.add_done_callback(self._stop_tasks.discard)
 
@@ -69,6 +76,12 @@ class WorkflowActor:
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(workflow_id=self.id)
+        if not await self.lease.acquire():
+            # another executor's lease is alive (it renews it): it owns the workflow; ask again later,
+            # in case it dies without finishing
+            log.info("workflow_leased_elsewhere", retry_in_s=KEEPALIVE_S)
+            await self.release(delay_s=KEEPALIVE_S, lease=False)
+            return
         keepalive = asyncio.create_task(self._keep_ownership())
         sub = await follow_workflow(self.js, self.id)
         try:
@@ -78,30 +91,52 @@ class WorkflowActor:
         except NotExecutable as exc:
             log.error("exec_refused", reason=str(exc), outcome="refused")
             await self.exec_msg.term()
+        except LeaseLost:
+            # taken over while this executor could not renew (stalled, or cut off from NATS): the new
+            # owner goes on; this one stops without touching the workflow again
+            log.warning("workflow_lease_lost", outcome="handed_over")
+            return
         finally:
             keepalive.cancel()
             await sub.unsubscribe()
+        await self.lease.release()
 
-    async def release(self, delay_s: float = 2.0) -> None:
+    async def release(self, delay_s: float = 2.0, lease: bool = True) -> None:
         """Give the workflow up, so another executor (or a fresh actor) takes it over after the delay."""
+        if lease:
+            await self.lease.release()
         try:
             await self.exec_msg.nak(delay=delay_s or None)
         except nats.errors.Error:
             pass
 
     async def _keep_ownership(self) -> None:
+        """Renew the lease every second and the exec message's ack wait every KEEPALIVE_S."""
+        last_progress = time.monotonic()
         while True:
-            await asyncio.sleep(KEEPALIVE_S)
+            await asyncio.sleep(RENEW_S)
             try:
-                await self.exec_msg.in_progress()
-            except nats.errors.Error as exc:
-                log.warning("keepalive_failed", error=repr(exc))
+                await self.lease.renew()
+            except LeaseLost:
+                log.warning("lease_taken_over")
+                self._stopping.set()  # wake a dispatch waiting for a token: it must not go on
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("lease_renewal_failed", error=repr(exc))
+            if time.monotonic() - last_progress >= KEEPALIVE_S:
+                try:
+                    await self.exec_msg.in_progress()
+                    last_progress = time.monotonic()
+                except nats.errors.Error as exc:
+                    log.warning("keepalive_failed", error=repr(exc))
 
     async def _follow(self, sub: JetStreamContext.PushSubscription) -> None:
         while True:
             try:
                 msg = await sub.next_msg(timeout=KEEPALIVE_S)
             except nats.errors.TimeoutError:
+                if self.lease.lost:
+                    raise LeaseLost(self.id) from None
                 continue
             try:
                 self._apply(event_decoder.decode(msg.data))
@@ -118,6 +153,12 @@ class WorkflowActor:
             assert self.progress is not None
             if self.progress.ended:
                 return
+
+    async def _step_or_lose(self) -> None:
+        try:
+            await self._step()
+        except LeaseLost:
+            log.warning("stop_not_dispatched_lease_lost")  # the lease's new owner stops it instead
 
     async def _step(self) -> None:
         """Decide and emit; one decision at a time (events and stop requests both trigger it)."""
@@ -150,6 +191,7 @@ class WorkflowActor:
 
     async def _emit(self, decision: Decision) -> None:
         assert self.progress is not None
+        await self.lease.check()  # never dispatch without holding the workflow
         now = time.time()
         req = self.progress.req
         commands = [
@@ -171,7 +213,10 @@ class WorkflowActor:
                 continue
             assert self.limits is not None
             if not await self.limits.take(cmd.name, self._stopping):
+                if self.lease.lost:
+                    raise LeaseLost(self.id)
                 return  # stopped while waiting for a token: the rest is never dispatched
+            await self.lease.check()
             await publish_all(self.js, (), [cmd])
             self.progress.mark_dispatched(cmd.block, cmd.job)
         if commands:

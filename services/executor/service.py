@@ -7,6 +7,7 @@ import asyncio
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from schemas import ExecRequested, event_decoder
 from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
@@ -14,19 +15,25 @@ from services.common.bus import connect, decode_or_terminate
 from services.common.es import EmergencyStops
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER
+from services.common.ids import new_id
+from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER, LEASES_BUCKET
 
 from .actor import WorkflowActor
+from .lease import Lease
 from .limits import DispatchLimits
 
 log = structlog.get_logger()
 
 
 class Executor:
-    def __init__(self, js: JetStreamContext, es: EmergencyStops, limits: DispatchLimits | None = None) -> None:
+    def __init__(
+        self, js: JetStreamContext, es: EmergencyStops, limits: DispatchLimits | None, leases: KeyValue
+    ) -> None:
         self.js = js
         self.es = es
         self.limits = limits
+        self.leases = leases
+        self.instance = new_id()  # this process, in the leases it holds
         self.actors: dict[str, WorkflowActor] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         es.on_change(self.on_emergency_stop)
@@ -50,7 +57,8 @@ class Executor:
         if actor is not None:
             actor.renew(msg)
             return
-        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits)
+        lease = Lease(self.js, self.leases, ev.id, self.instance)
+        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits, lease)
         self.actors[ev.id] = actor
         task = asyncio.create_task(self._run(actor))
         self.tasks.add(task)
@@ -92,7 +100,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     buckets_kv = await when_ready(lambda: js.key_value(BUCKETS_BUCKET), stop, what=BUCKETS_BUCKET)
     limits = DispatchLimits(buckets, BucketStore(buckets_kv))
     log.info("dispatch_limits", jobs=sorted(limits.by_job))
-    executor = Executor(js, es, limits)
+    leases = await when_ready(lambda: js.key_value(LEASES_BUCKET), stop, what=LEASES_BUCKET)
+    executor = Executor(js, es, limits, leases)
+    log.info("executor_instance", instance=executor.instance)
     sub = await bind_durable(js, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
     async for batch in fetch_batches(sub, 32, stop):
         for msg in batch:

@@ -2,11 +2,19 @@
 
 Submit records a `submitted` event and waits a short while for the policy's verdict. Exec records an
 `exec_requested` event with `Nats-Expected-Last-Subject-Sequence: 0`, so JetStream itself lets exactly
-one of any number of concurrent execs of an id through, whichever intake replica serves it."""
+one of any number of concurrent execs of an id through, whichever intake replica serves it.
+
+A submit carrying a `Nats-Msg-Id` header is idempotent for 24 hours: the key (hashed) is claimed in
+KV `wf_idempotency` with create-if-absent before anything is stored, so however many submits carry
+it, concurrently or a day apart, through any intake replica, they share one workflow id; the
+`submitted` event itself is written with `Nats-Expected-Last-Subject-Sequence: 0`, so that workflow
+has one submission even when two of them race to write it (or a retry finds the first attempt
+died between the claim and the write)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -29,6 +37,7 @@ from schemas import (
     Rejected,
     SubmitReply,
     Submitted,
+    WorkReq,
     encoder,
     event_decoder,
     workreq_decoder,
@@ -39,13 +48,42 @@ from services.common.es import EmergencyStops
 from services.common.ids import new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.topology import CONFIG_BUCKET, ES_BUCKET
+from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 from .limits import Limits, check_limits
 
 log = structlog.get_logger()
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
+IDEMPOTENCY_HEADER = "Nats-Msg-Id"
+MAX_IDEMPOTENCY_KEY = 512
+
+
+class Idempotency:
+    """Submit keys (a request's `Nats-Msg-Id`) -> the workflow they created, in KV for 24 hours."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def claim(self, key: str, wf_id: str, digest: str) -> tuple[str, bool]:
+        """(the key's workflow id, whether this call claimed it). 409 if the key came with another body."""
+        kv_key = hashlib.sha256(key.encode()).hexdigest()
+        record = json.dumps({"id": wf_id, "sha256": digest}).encode()
+        for _ in range(3):
+            try:
+                await self.kv.create(kv_key, record)
+                return wf_id, True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                stored = json.loads((await self.kv.get(kv_key)).value or b"{}")
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue  # expired between the two calls: claim it afresh
+            if stored.get("sha256") != digest:
+                raise ApiError(409, f"{IDEMPOTENCY_HEADER} {key!r} was used for a different WorkReq "
+                                    f"(workflow {stored.get('id')}); use a new key for a new request")
+            return str(stored["id"]), False
+        raise ApiError(503, f"could not claim {IDEMPOTENCY_HEADER} {key!r}, nothing was stored")
 
 
 class VerdictWaiters:
@@ -95,9 +133,10 @@ class PolicyConfigState:
 class Intake:
     def __init__(
         self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState,
-        es: EmergencyStops, limits: Limits,
+        es: EmergencyStops, limits: Limits, idempotency: Idempotency,
     ) -> None:
         self.js = js
+        self.idempotency = idempotency
         self.settings = settings
         self.waiters = waiters
         self.policy_state = policy_state
@@ -119,17 +158,26 @@ class Intake:
         too_much = check_limits(req, self.limits)
         if too_much:
             raise ApiError(400, f"WorkReq too large: {too_much}")
-        if self.policy_state.error:
-            raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
-        self._check_not_stopped(req.name)
-        wf_id = new_id()
+        key = (request.headers or {}).get(IDEMPOTENCY_HEADER, "")
+        if len(key) > MAX_IDEMPOTENCY_KEY:
+            raise ApiError(400, f"{IDEMPOTENCY_HEADER} is longer than {MAX_IDEMPOTENCY_KEY} characters")
+        wf_id, fresh = new_id(), True
+        if key:
+            try:
+                wf_id, fresh = await self.idempotency.claim(key, wf_id, hashlib.sha256(request.data).hexdigest())
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise ApiError(503, f"could not claim {IDEMPOTENCY_HEADER}, nothing was stored: {exc!r}") from None
         structlog.contextvars.bind_contextvars(workflow_id=wf_id)
         verdict = self.waiters.expect(wf_id)
         try:
-            try:
-                await publish_event(self.js, Submitted(id=wf_id, at=time.time(), req=req))
-            except (TimeoutError, nats.errors.Error) as exc:
-                raise ApiError(503, f"could not record the submission, nothing was stored: {exc!r}") from None
+            if not fresh and await last_event(self.js, f"wf.evt.{wf_id}.submitted") is not None:
+                log.info("submit_repeated", outcome="same_workflow")  # a retry: the workflow exists
+                for name in ("approved", "rejected"):
+                    decided = await last_event(self.js, f"wf.evt.{wf_id}.{name}")
+                    if decided is not None and not verdict.done():
+                        verdict.set_result(decided)
+            else:
+                await self._record_submission(wf_id, req, once=bool(key))
             try:
                 msg = await asyncio.wait_for(verdict, timeout=self.settings.verdict_wait_s)
             except TimeoutError:
@@ -140,6 +188,20 @@ class Intake:
         if isinstance(ev, Rejected):
             raise ApiError(400, ev.reason, id=wf_id, verdict="rejected")
         return encoder.encode(SubmitReply(id=wf_id, verdict="approved"))
+
+    async def _record_submission(self, wf_id: str, req: WorkReq, once: bool) -> None:
+        if self.policy_state.error:
+            raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
+        self._check_not_stopped(req.name)
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if once else None
+        try:
+            await publish_event(self.js, Submitted(id=wf_id, at=time.time(), req=req), headers=headers)
+        except nats.js.errors.APIError as exc:
+            if once and exc.err_code == WRONG_LAST_SEQUENCE:
+                return  # a concurrent submit with the same key wrote it first: one workflow
+            raise ApiError(503, f"could not record the submission, nothing was stored: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ApiError(503, f"could not record the submission, nothing was stored: {exc!r}") from None
 
     async def exec(self, request: Request) -> bytes:
         wf_id = decode_id(request.data)
@@ -214,7 +276,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
     es_task = asyncio.create_task(es.follow(es_kv, stop))
     await es.ready.wait()
-    intake = Intake(js, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)))
+    idem_kv = await when_ready(lambda: js.key_value(IDEMPOTENCY_BUCKET), stop, what=IDEMPOTENCY_BUCKET)
+    intake = Intake(js, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv))
     service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests")
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),

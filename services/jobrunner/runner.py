@@ -2,7 +2,9 @@
 
 Delivery is at-least-once: a runner that dies mid-job leaves the command to be redelivered after
 the ack wait, and the job runs again (each attempt has its own id, `JobContext.attempt_id`). A
-redelivered command whose job already has a terminal event is only acked, not run again; one
+command whose job already has a terminal event (a redelivery after the outcome was stored, or a
+command replayed into the work queue) is only acked, not run again, whatever the duplicate
+window; one
 delivered more than `max_deliveries` times fails with an error that says so, so it never hangs.
 
 A job's task is cancelled (not just ignored) when its workflow ends early (fatal failure, failure
@@ -51,16 +53,26 @@ STOP_REASONS = {
 }
 
 
-async def already_ended(js: JetStreamContext, cmd: JobCommand) -> bool:
-    """Whether the job has a terminal event: completed, or failed for good (not a retried attempt)."""
-    base = f"wf.evt.{cmd.id}.job.{cmd.block}.{cmd.job}"
-    if await last_event(js, f"{base}.completed") is not None:
-        return True
-    failed = await last_event(js, f"{base}.failed")
-    if failed is None:
+def _terminal(msg: Msg | None) -> bool:
+    if msg is None:
         return False
-    ev = event_decoder.decode(failed.data)
-    return not (isinstance(ev, JobFailed) and ev.retrying)
+    if msg.subject.endswith(".completed"):
+        return True
+    ev = event_decoder.decode(msg.data)
+    return isinstance(ev, JobFailed) and not ev.retrying
+
+
+async def already_ended(js: JetStreamContext, cmd: JobCommand) -> bool:
+    """Whether the job has a terminal event: completed, or failed for good (not a retried attempt).
+
+    One direct get of the job's last event (a wildcard subject) answers the usual cases: nothing
+    yet (a fresh job), or an outcome. Only when that last event is a `started` or a retried
+    attempt do the two exact subjects decide."""
+    base = f"wf.evt.{cmd.id}.job.{cmd.block}.{cmd.job}"
+    last = await last_event(js, f"{base}.*")
+    if last is None or _terminal(last):
+        return last is not None
+    return _terminal(await last_event(js, f"{base}.completed")) or _terminal(await last_event(js, f"{base}.failed"))
 
 
 async def keep_alive(msg: Msg) -> None:
@@ -214,7 +226,7 @@ class JobRunner:
             return "skipped_workflow_ended"
         if cmd.workreq and not self.es.is_go(cmd.workreq):
             return "skipped_emergency_stop"
-        if attempt > 1 and await already_ended(self.js, cmd):
+        if await already_ended(self.js, cmd):  # a redelivery after the outcome was stored, or a replay
             return "already_ended"
         return ""
 
