@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test up clean
+.PHONY: demo test up soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -20,6 +20,9 @@ up: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+soak: $(VENV)/.installed  ## random faults over many workflows for WF_SOAK_S seconds (default 600)
+	$(PY) -m pytest -q -s -m soak tests/chaos $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .wf .pytest_cache

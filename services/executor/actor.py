@@ -135,8 +135,10 @@ class WorkflowActor:
             try:
                 msg = await sub.next_msg(timeout=KEEPALIVE_S)
             except nats.errors.TimeoutError:
-                if self.lease.lost:
-                    raise LeaseLost(self.id) from None
+                msg = None
+            if self.lease.lost:  # taken over: not one more decision here
+                raise LeaseLost(self.id)
+            if msg is None:
                 continue
             try:
                 self._apply(event_decoder.decode(msg.data))

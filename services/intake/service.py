@@ -87,10 +87,11 @@ class Idempotency:
 
 
 class VerdictWaiters:
-    """Futures for submits waiting on their verdict, fed by one subscription to all verdicts."""
+    """Futures for submits waiting on their verdict, fed by one subscription to all verdicts
+    (several per id: concurrent submits with one idempotency key wait for the same workflow)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, list[asyncio.Future[Msg]]] = {}
 
     async def subscribe(self, nc: Client) -> None:
         for verdict in ("approved", "rejected"):
@@ -100,17 +101,21 @@ class VerdictWaiters:
 
     async def _on_verdict(self, msg: Msg) -> None:
         wf_id = msg.subject.split(".")[2]
-        fut = self._waiting.get(wf_id)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        for fut in self._waiting.get(wf_id, ()):
+            if not fut.done():
+                fut.set_result(msg)
 
     def expect(self, wf_id: str) -> asyncio.Future[Msg]:
         fut = asyncio.get_running_loop().create_future()
-        self._waiting[wf_id] = fut
+        self._waiting.setdefault(wf_id, []).append(fut)
         return fut
 
-    def forget(self, wf_id: str) -> None:
-        self._waiting.pop(wf_id, None)
+    def forget(self, wf_id: str, fut: asyncio.Future[Msg]) -> None:
+        waiting = self._waiting.get(wf_id, [])
+        if fut in waiting:
+            waiting.remove(fut)
+        if not waiting:
+            self._waiting.pop(wf_id, None)
 
 
 class PolicyConfigState:
@@ -183,7 +188,7 @@ class Intake:
             except TimeoutError:
                 return encoder.encode(SubmitReply(id=wf_id, verdict="pending"))
         finally:
-            self.waiters.forget(wf_id)
+            self.waiters.forget(wf_id, verdict)
         ev = event_decoder.decode(msg.data)
         if isinstance(ev, Rejected):
             raise ApiError(400, ev.reason, id=wf_id, verdict="rejected")

@@ -25,10 +25,8 @@ log = structlog.get_logger()
 
 
 async def already_decided(js: JetStreamContext, wf_id: str) -> bool:
-    for verdict in ("approved", "rejected"):
-        if await last_event(js, f"wf.evt.{wf_id}.{verdict}") is not None:
-            return True
-    return False
+    found = await asyncio.gather(*(last_event(js, f"wf.evt.{wf_id}.{verdict}") for verdict in ("approved", "rejected")))
+    return any(msg is not None for msg in found)
 
 
 async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, watcher: PolicyConfigWatcher) -> None:
@@ -41,8 +39,9 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
         await msg.term()
         return
     with structlog.contextvars.bound_contextvars(workflow_id=ev.id):
-        # A redelivery after the duplicate window must not publish a second verdict.
-        if msg.metadata.num_delivered > 1 and await already_decided(js, ev.id):
+        # A redelivery, or a `submitted` replayed into the stream, must not bring a second verdict
+        # (whatever the duplicate window: a changed policy file could make it the opposite one).
+        if await already_decided(js, ev.id):
             await msg.ack()
             log.info("verdict_already_published", outcome="duplicate")
             return

@@ -7,12 +7,14 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 
-from schemas import JobCommand, encoder, event_decoder, job_command_subject
+from schemas import Approved, ExecRequested, JobCommand, WorkflowEnded, encoder, event_decoder, job_command_subject
 from services.common.bus import read_history
 from services.common.topology import EVENTS_STREAM, LEASES_BUCKET
 from tests.conftest import REPO, RunningSystem, eventually, start_system
@@ -91,10 +93,21 @@ async def test_kill_executor_mid_block(systems, executors: int) -> None:  # type
     try:
         wf_ids = await run_workflows(nc, 4, blocks=3, jobs=4)
         await job_started(nc, wf_ids)
-        lease = await (await nc.jetstream().key_value(LEASES_BUCKET)).get(wf_ids[0])
-        owner = json.loads(lease.value)
+        leases = await nc.jetstream().key_value(LEASES_BUCKET)
+        owner = json.loads((await leases.get(wf_ids[0])).value)
         assert owner["pid"] in processes(system.proc.pid)["executor"]
         kill9(owner["pid"])
+        killed_at = time.monotonic()
+
+        async def new_owner() -> bool:
+            try:
+                entry = await leases.get(wf_ids[0])
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return False
+            return bool(entry.value) and json.loads(entry.value)["pid"] != owner["pid"]
+
+        await eventually(new_owner, 30, what="another executor to take the lease")
+        print(f"\ntakeover with {executors} executor(s): {time.monotonic() - killed_at:.1f} s from kill -9 to the new lease")
         report = await check_invariants(nc, wf_ids, reruns_allowed=False)
         assert_clean(report, system)
         log = system.log_path.read_text()
@@ -255,6 +268,9 @@ async def test_replayed_events_and_commands(systems) -> None:  # type: ignore[no
                              headers={"Nats-Msg-Id": f"replay-cmd-{job}"})
         report = await check_invariants(nc, wf_ids, reruns_allowed=False, ignore_seqs=frozenset(injected))
         assert_clean(report, system)
+        after = [m for m in await read_history(js, wf_ids[0]) if m.metadata.sequence.stream not in injected]
+        for kind in (Approved, ExecRequested, WorkflowEnded):  # the replayed submission was not decided again, etc.
+            assert sum(isinstance(event_decoder.decode(m.data), kind) for m in after) == 1, kind.__name__
         assert "already_ended" in system.log_path.read_text(), "the runners never saw the replayed commands"
     finally:
         await nc.close()

@@ -90,6 +90,8 @@ async def test_a_client_cannot_forge_events_commands_stops_or_touch_streams(syst
             f"wf.evt.{victim}.workflow.completed",  # a workflow event
             "$KV.wf_es.SleepDemo",  # an emergency stop flip
             "$KV.wf_status." + victim,  # the projection
+            "$KV.wf_leases." + victim,  # an executor's lease on a workflow
+            "$KV.wf_idempotency.0123abcd",  # a submit key's workflow
             "$JS.API.STREAM.DELETE.WF_EVENTS",
             "$JS.API.STREAM.PURGE.WF_EVENTS",
             "$JS.API.CONSUMER.DELETE.WF_EVENTS.policy",
