@@ -290,12 +290,14 @@ def peak_rss_mb(root_pid: int) -> dict[str, float]:
 class System:
     """`wf up` in a subprocess, on a free loopback port, in a temporary directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="wf-bench-"))
         self.port = free_port()
         env = {**os.environ, "WF_MAX_IN_FLIGHT": "200", "WF_LOG_LEVEL": "warning"}
         argv = [sys.executable, "-m", "wf.cli", "up", "--nats-port", str(self.port), "--data-dir", str(self.dir / "data"),
                 "--config-dir", str(REPO_ROOT / "configs"), "--time-scale", "0", "--runners", "2", "--log-level", "warning"]
+        if sync:
+            argv += ["--sync", sync]
         self.log = open(self.dir / "wf-up.log", "wb")
         # it dies with the bench, even when the bench is killed (no orphaned system left running)
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -317,8 +319,8 @@ class System:
         self.log.close()
 
 
-async def measure(sizes: Sizes, progress: Callable[[str], None]) -> dict[str, Any]:
-    system = System()
+async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "") -> dict[str, Any]:
+    system = System(sync)
     try:
         nc = await nats.connect(await system.ready())
         bench = Bench(nc, sizes)
@@ -350,6 +352,7 @@ async def measure(sizes: Sizes, progress: Callable[[str], None]) -> dict[str, An
     smallest, largest = str(min(sizes.scaling)), str(max(sizes.scaling))
     return {
         "quick": sizes is QUICK,
+        "sync": sync or "default",
         "cores": os.cpu_count(),
         "throughput_big": {"jobs": blocks * per_block, "shape": f"{blocks} blocks x {per_block}, rate_limit {rate}",
                            "jobs_per_s": spread(big, 0)},
@@ -376,7 +379,8 @@ def report(result: dict[str, Any]) -> str:
 
     r = result
     lines = [
-        f"wf bench{' --quick' if r['quick'] else ''} on {r['cores']} cores (medians of several runs, with range)",
+        f"wf bench{' --quick' if r['quick'] else ''}{' --sync ' + r['sync'] if r.get('sync', 'default') != 'default' else ''} "
+        f"on {r['cores']} cores (medians of several runs, with range)",
         f"  throughput, {r['throughput_big']['jobs']} jobs in one workflow ({r['throughput_big']['shape']}): "
         f"{mr(r['throughput_big']['jobs_per_s'], ' jobs/s')}",
         f"  throughput, {r['throughput_small']['workflows']} workflows of {r['throughput_small']['jobs_each']} jobs at once: "
@@ -398,12 +402,12 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool, as_json: bool) -> int:
+def run(quick: bool, as_json: bool, sync: str = "") -> int:
     sizes = QUICK if quick else FULL
 
     def progress(step: str) -> None:
         print(f"... {step}", file=sys.stderr, flush=True)
 
-    result = asyncio.run(measure(sizes, progress))
+    result = asyncio.run(measure(sizes, progress, sync))
     print(json.dumps(result) if as_json else report(result))
     return 0

@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure the control plane on a system it starts (docs/performance.md)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
     p.add_argument("--json", action="store_true", help="one JSON object with every figure")
-    p.set_defaults(func=lambda a: bench.run(a.quick, a.json), is_async=False)
+    p.add_argument("--sync", default="", help="run the system with `wf up --sync` (e.g. always: fsync every write)")
+    p.set_defaults(func=lambda a: bench.run(a.quick, a.json, a.sync), is_async=False)
 
     p = sub.add_parser("demo", help=f"start everything, erase satellite {DEMO_SITE} (about a minute), watch it, stop")
     p.add_argument("--time-scale", type=float, default=0.07, help="0.07 makes the 14-minute erase take about a minute")

@@ -175,12 +175,8 @@ class Intake:
         structlog.contextvars.bind_contextvars(workflow_id=wf_id)
         verdict = self.waiters.expect(wf_id)
         try:
-            if not fresh and await last_event(self.js, f"wf.evt.{wf_id}.submitted") is not None:
+            if not fresh and await self._stored_verdict(wf_id, verdict):
                 log.info("submit_repeated", outcome="same_workflow")  # a retry: the workflow exists
-                for name in ("approved", "rejected"):
-                    decided = await last_event(self.js, f"wf.evt.{wf_id}.{name}")
-                    if decided is not None and not verdict.done():
-                        verdict.set_result(decided)
             else:
                 await self._record_submission(wf_id, req, once=bool(key))
             try:
@@ -194,6 +190,19 @@ class Intake:
             raise ApiError(400, ev.reason, id=wf_id, verdict="rejected")
         return encoder.encode(SubmitReply(id=wf_id, verdict="approved"))
 
+    async def _stored_verdict(self, wf_id: str, verdict: asyncio.Future[Msg]) -> bool:
+        """For a repeated key: whether its workflow is stored; its verdict, if any, resolves `verdict`."""
+        try:
+            if await last_event(self.js, f"wf.evt.{wf_id}.submitted") is None:
+                return False
+            for name in ("approved", "rejected"):
+                decided = await last_event(self.js, f"wf.evt.{wf_id}.{name}")
+                if decided is not None and not verdict.done():
+                    verdict.set_result(decided)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ApiError(503, f"could not read workflow {wf_id} of this {IDEMPOTENCY_HEADER}: {exc!r}") from None
+        return True
+
     async def _record_submission(self, wf_id: str, req: WorkReq, once: bool) -> None:
         if self.policy_state.error:
             raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
@@ -205,8 +214,9 @@ class Intake:
             if once and exc.err_code == WRONG_LAST_SEQUENCE:
                 return  # a concurrent submit with the same key wrote it first: one workflow
             raise ApiError(503, f"could not record the submission, nothing was stored: {exc.description}") from None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise ApiError(503, f"could not record the submission, nothing was stored: {exc!r}") from None
+        except (TimeoutError, nats.errors.Error) as exc:  # no ack: it may or may not be stored
+            retry = f"retry with the same {IDEMPOTENCY_HEADER} to be sure" if once else f"send a {IDEMPOTENCY_HEADER} to retry safely"
+            raise ApiError(503, f"the submission was not acknowledged ({exc!r}); {retry}") from None
 
     async def exec(self, request: Request) -> bytes:
         wf_id = decode_id(request.data)

@@ -21,14 +21,16 @@ from tests.conftest import start_system
 
 from .harness import check_invariants, job_started, kill_role, restarted, run_workflows
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.soak]
+SOAK_S = float(os.environ.get("WF_SOAK_S", "600"))
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.soak,
+              pytest.mark.timeout(SOAK_S + 600)]  # the last round may start just before the end
 
 FAULTS = ("jobrunner", "executor", "policy", "status", "intake", "nats-server")
 COUNTS = {"jobrunner": 3, "executor": 2, "policy": 1, "status": 1, "intake": 1, "nats-server": 1}
 
 
 async def test_soak(tmp_path: Path) -> None:
-    duration_s = float(os.environ.get("WF_SOAK_S", "600"))
+    duration_s = SOAK_S
     seed = int(os.environ.get("WF_SOAK_SEED", str(int(time.time()))))
     rng = random.Random(seed)
     system = start_system(tmp_path, "--time-scale", "0.2", "--runners", "3", "--executors", "2")

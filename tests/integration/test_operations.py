@@ -16,6 +16,9 @@ from wf.up import ping_services
 pytestmark = pytest.mark.integration
 DOC = (REPO / "docs" / "operations.md").read_text()
 SLEEP = (REPO / "examples" / "sleep.json").read_bytes()
+# long enough (50 s x the module system's time scale 0.01 = 0.5 s per job) to see its lease while it runs
+SLEEP_LONG = json.dumps({"name": "SleepDemo", "desc": "lease", "blocks": [
+    {"desc": "", "rate_limit": 1, "jobs": [{"name": "sleep", "desc": "", "args": {"seconds": "50"}}] * 2}]}).encode()
 
 
 def recipes() -> dict[str, str]:
@@ -161,6 +164,35 @@ async def test_recipe_consumers(nc):
     assert runner.num_redelivered >= 0 and runner.delivered.stream_seq > 0
     info = await js.stream_info("WF_JOBS")
     assert info.state.messages >= 0
+
+
+async def test_recipe_leases(nc):
+    js = nc.jetstream()
+    reply = await client.submit(nc, SLEEP_LONG, key="recipe-leases")
+    again = json.loads((await nc.request("wf.api.submit", SLEEP_LONG, timeout=5,
+                                         headers={"Nats-Msg-Id": "recipe-leases"})).data)
+    assert again == reply
+    await client.execute(nc, reply["id"])
+    leases = await js.key_value("wf_leases")
+
+    async def owner():
+        try:
+            return json.loads((await leases.get(reply["id"])).value)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+
+    held = await eventually(owner, 10, what="the running workflow's lease")
+    assert {"executor", "host", "pid", "token"} <= set(held)
+    await wait_terminal(nc, reply["id"])
+    assert await eventually(lambda: _no_lease(leases, reply["id"]), 10, what="the lease to be released")
+
+
+async def _no_lease(leases, wf_id):
+    try:
+        entry = await leases.get(wf_id)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return True
+    return not entry.value
 
 
 async def test_recipe_services(nc):
