@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -24,6 +25,18 @@ from .registry import load_policies
 log = structlog.get_logger()
 
 
+WRONG_LAST_SEQUENCE = 10071
+
+
+def never_both(verdict: Approved | Rejected) -> dict[str, str]:
+    """JetStream refuses a verdict when the opposite one is stored: a workflow is never both approved
+    and rejected, whatever the duplicate window (a `submitted` replayed later, under a changed
+    policy file, could otherwise bring the opposite verdict). The same verdict twice is harmless."""
+    opposite = "rejected" if isinstance(verdict, Approved) else "approved"
+    return {"Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": f"wf.evt.{verdict.id}.{opposite}"}
+
+
 async def already_decided(js: JetStreamContext, wf_id: str) -> bool:
     found = await asyncio.gather(*(last_event(js, f"wf.evt.{wf_id}.{verdict}") for verdict in ("approved", "rejected")))
     return any(msg is not None for msg in found)
@@ -39,9 +52,8 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
         await msg.term()
         return
     with structlog.contextvars.bound_contextvars(workflow_id=ev.id):
-        # A redelivery, or a `submitted` replayed into the stream, must not bring a second verdict
-        # (whatever the duplicate window: a changed policy file could make it the opposite one).
-        if await already_decided(js, ev.id):
+        # A redelivery after the duplicate window must not publish a second verdict.
+        if msg.metadata.num_delivered > 1 and await already_decided(js, ev.id):
             await msg.ack()
             log.info("verdict_already_published", outcome="duplicate")
             return
@@ -52,7 +64,15 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
             return
         reason = await decide(ev.req, jobs, config)
         verdict = Approved(id=ev.id, at=time.time()) if reason is None else Rejected(id=ev.id, at=time.time(), reason=reason)
-        await publish_event(js, verdict)
+        try:
+            await publish_event(js, verdict, headers=never_both(verdict))
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            # the opposite verdict is stored (a `submitted` replayed after the policy changed): it stands
+            await msg.ack()
+            log.warning("opposite_verdict_exists", outcome="duplicate")
+            return
         await msg.ack()
         log.info(
             "verdict_published",

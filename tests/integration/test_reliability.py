@@ -119,3 +119,28 @@ async def test_every_service_replicated_with_fsync_always(tmp_path: Path) -> Non
             await nc.close()
     finally:
         assert system.stop() == 0, system.log_tail()
+
+
+async def test_a_workflow_is_never_both_approved_and_rejected(nats_server: str) -> None:
+    """Whatever the duplicate window: the opposite verdict of a stored one is refused by JetStream
+    (a `submitted` replayed after the policy file changed would otherwise bring it)."""
+    from nats.js.errors import APIError
+
+    from schemas import Approved, Rejected
+    from services.common.bus import publish_event
+    from services.common.topology import ensure_topology
+    from services.policy.service import WRONG_LAST_SEQUENCE, never_both
+
+    nc = await nats.connect(nats_server)
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js)
+        approved = Approved(id="WF1", at=1.0)
+        await publish_event(js, approved, headers=never_both(approved))
+        await publish_event(js, Approved(id="WF1", at=2.0), headers=never_both(approved))  # the same again: harmless
+        rejected = Rejected(id="WF1", at=3.0, reason="changed policy")
+        with pytest.raises(APIError) as err:
+            await publish_event(js, rejected, headers=never_both(rejected))
+        assert err.value.err_code == WRONG_LAST_SEQUENCE
+    finally:
+        await nc.close()
