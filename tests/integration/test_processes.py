@@ -203,7 +203,8 @@ async def test_a_submit_while_policy_is_stalled_is_pending_then_decided(tmp_path
     try:
         os.kill(policy, signal.SIGSTOP)
         try:
-            results = await asyncio.gather(*(client.submit(nc, sleep_body) for _ in range(12)), return_exceptions=True)
+            results = await asyncio.gather(*(client.submit(nc, sleep_body, attempts=1) for _ in range(12)),
+                                         return_exceptions=True)  # attempts=1: the raw 429s, not retried
             pending = [r for r in results if isinstance(r, dict) and r["verdict"] == "pending"]
             too_many = [r for r in results if isinstance(r, client.WfError) and r.code == 429]
             assert len(pending) == 10 and len(too_many) == 2, results

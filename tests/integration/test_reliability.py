@@ -144,3 +144,31 @@ async def test_a_workflow_is_never_both_approved_and_rejected(nats_server: str) 
         assert err.value.err_code == WRONG_LAST_SEQUENCE
     finally:
         await nc.close()
+
+
+async def test_the_client_retries_a_submit_with_one_key(nats_server: str) -> None:
+    """wf.client.submit (and so `wf submit`) retries 503 and 429 with the same Nats-Msg-Id, and
+    gives up at once on other errors."""
+    nc = await nats.connect(nats_server)
+    keys: list[str] = []
+    answers = [b"503", b"429", b""]
+
+    async def responder(msg) -> None:  # type: ignore[no-untyped-def]
+        keys.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        code = answers.pop(0) if answers else b"400"
+        if code:
+            await nc.publish(msg.reply, b'{"error": {"code": %s, "message": "x"}}' % code,
+                             headers={"Nats-Service-Error-Code": code.decode(), "Nats-Service-Error": "x"})
+        else:
+            await msg.respond(b'{"id": "WF1", "verdict": "approved"}')
+
+    await nc.subscribe("wf.api.submit", cb=responder)
+    try:
+        assert await client.submit(nc, b"{}") == {"id": "WF1", "verdict": "approved"}
+        assert len(keys) == 3 and len(set(keys)) == 1 and keys[0].startswith("wf-submit-")
+        keys.clear()
+        with pytest.raises(client.WfError) as err:
+            await client.submit(nc, b"{}", key="mine")
+        assert err.value.code == 400 and keys == ["mine"]
+    finally:
+        await nc.close()
