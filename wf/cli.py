@@ -263,6 +263,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if (opts.tls_cert is None) != (opts.tls_key is None):
         return _fail("--tls-cert and --tls-key go together")
+    if opts.stream_replicas > 1 and not opts.nats_url:
+        return _fail("--stream-replicas needs a cluster: use it with --nats-url (the embedded server is one node)")
     if opts.sync and opts.nats_url:
         return _fail("--sync sets the embedded server's fsync; on your own server set sync_interval in its configuration")
     return asyncio.run(run_up(opts))

@@ -35,6 +35,13 @@ T = TypeVar("T")
 
 ACK_TIMEOUT_S = 5.0
 MSG_ID = "Nats-Msg-Id"
+# JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence` check
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+
+
+def wrong_last_sequence(exc: nats.js.errors.APIError) -> bool:
+    """Whether a publish was refused because its expected-last-sequence check failed."""
+    return exc.err_code in WRONG_LAST_SEQUENCE
 
 
 def tls_context() -> ssl.SSLContext | None:

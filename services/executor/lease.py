@@ -23,6 +23,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from services.common.bus import wrong_last_sequence
 from services.common.ids import new_id
 from services.common.topology import LEASES_BUCKET
 
@@ -31,7 +32,6 @@ log = structlog.get_logger()
 TTL_S = 5.0
 RENEW_S = 1.0
 SAFE_S = TTL_S - 2 * RENEW_S  # margin for the server's expiry timer and one slow round trip
-WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 class LeaseLost(Exception):
@@ -76,7 +76,7 @@ class Lease:
                 headers={"Nats-Expected-Last-Subject-Sequence": str(self.revision)}, msg_ttl=TTL_S,
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code not in WRONG_LAST_SEQUENCE:
+            if not wrong_last_sequence(exc):
                 raise
             await self._after_conflict()
             return

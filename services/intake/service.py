@@ -42,7 +42,7 @@ from schemas import (
     event_decoder,
     workreq_decoder,
 )
-from services.common.bus import connect, kv_updates, last_event, publish_event
+from services.common.bus import connect, kv_updates, last_event, publish_event, wrong_last_sequence
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.es import EmergencyStops
 from services.common.ids import new_id
@@ -54,7 +54,6 @@ from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 from .limits import Limits, check_limits
 
 log = structlog.get_logger()
-WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence check
 IDEMPOTENCY_HEADER = "Nats-Msg-Id"
 MAX_IDEMPOTENCY_KEY = 512
 
@@ -211,7 +210,7 @@ class Intake:
         try:
             await publish_event(self.js, Submitted(id=wf_id, at=time.time(), req=req), headers=headers)
         except nats.js.errors.APIError as exc:
-            if once and exc.err_code == WRONG_LAST_SEQUENCE:
+            if once and wrong_last_sequence(exc):
                 return  # a concurrent submit with the same key wrote it first: one workflow
             raise ApiError(503, f"could not record the submission, nothing was stored: {exc.description}") from None
         except (TimeoutError, nats.errors.Error) as exc:  # no ack: it may or may not be stored
@@ -229,7 +228,7 @@ class Intake:
                 headers={"Nats-Expected-Last-Subject-Sequence": "0"},
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
+            if wrong_last_sequence(exc):
                 raise ApiError(409, f"workflow {wf_id} is already executing or executed") from None
             raise ApiError(503, f"could not record the exec request: {exc.description}") from None
         except (TimeoutError, nats.errors.Error) as exc:

@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import Approved, Rejected, Submitted, event_decoder
-from services.common.bus import connect, decode_or_terminate, last_event, publish_event
+from services.common.bus import connect, decode_or_terminate, last_event, publish_event, wrong_last_sequence
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
@@ -23,9 +23,6 @@ from .decide import decide
 from .registry import load_policies
 
 log = structlog.get_logger()
-
-
-WRONG_LAST_SEQUENCE = 10071
 
 
 def never_both(verdict: Approved | Rejected) -> dict[str, str]:
@@ -67,7 +64,7 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
         try:
             await publish_event(js, verdict, headers=never_both(verdict))
         except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if not wrong_last_sequence(exc):
                 raise
             # the opposite verdict is stored (a `submitted` replayed after the policy changed): it stands
             await msg.ack()
