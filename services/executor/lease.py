@@ -56,13 +56,17 @@ class Lease:
 
     async def acquire(self) -> bool:
         """True once this lease holds the workflow; False while another executor's lease is alive."""
-        sent = time.monotonic()
-        try:
-            self.revision = await self.kv.create(self.key, self.value, msg_ttl=TTL_S)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        self.renewed_at = sent
-        return True
+        for _ in range(3):
+            sent = time.monotonic()
+            try:
+                self.revision = await self.kv.create(self.key, self.value, msg_ttl=TTL_S)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return False
+            except nats.js.errors.KeyNotFoundError:
+                continue  # it expired between create's two steps (the write, then the look-up): again
+            self.renewed_at = sent
+            return True
+        return False
 
     async def renew(self) -> None:
         """Extend the lease; raises LeaseLost if someone else holds it now. A failed round trip

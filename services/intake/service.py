@@ -74,6 +74,8 @@ class Idempotency:
                 return wf_id, True
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
+            except nats.js.errors.KeyNotFoundError:
+                continue  # it expired between create's write and its look-up: claim it afresh
             try:
                 stored = json.loads((await self.kv.get(kv_key)).value or b"{}")
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
