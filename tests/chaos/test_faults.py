@@ -123,9 +123,12 @@ async def test_kill_policy_with_submissions_in_flight(systems) -> None:  # type:
     try:
         early = [asyncio.create_task(client.submit(nc, sleep_workreq(blocks=1, jobs=2))) for _ in range(5)]
         pid = await kill_role(system, "policy")
+        killed_at = time.monotonic()
         during = [asyncio.create_task(client.submit(nc, sleep_workreq(blocks=1, jobs=2))) for _ in range(5)]
         replies = await asyncio.gather(*early, *during)
         await restarted(system, "policy", pid)
+        await eventually(lambda: instances(nc, "wf-policy"), 30, what="wf-policy answering")
+        print(f"\npolicy kill -9: answering again {time.monotonic() - killed_at:.1f} s after the kill")
         wf_ids = [reply["id"] for reply in replies]
         assert len(set(wf_ids)) == 10
         assert any(reply["verdict"] == "pending" for reply in replies), "no submission waited for the policy"
@@ -150,7 +153,10 @@ async def test_kill_status_mid_workflow(systems) -> None:  # type: ignore[no-unt
         wf_ids = await run_workflows(nc, 3, blocks=3, jobs=3)
         await job_started(nc, wf_ids)
         pid = await kill_role(system, "status")
+        killed_at = time.monotonic()
         await restarted(system, "status", pid)
+        await eventually(lambda: instances(nc, "wf-status"), 30, what="wf-status answering")
+        print(f"\nstatus kill -9: answering again after {time.monotonic() - killed_at:.1f} s")
         assert_clean(await check_invariants(nc, wf_ids, reruns_allowed=False), system)
     finally:
         await nc.close()
@@ -165,6 +171,22 @@ async def test_kill_nats_server_and_restart_on_same_store(systems) -> None:  # t
         wf_ids = await run_workflows(nc, 3, blocks=3, jobs=3)
         await job_started(nc, wf_ids)
         await kill_role(system, "nats-server")
+        killed_at = time.monotonic()
+
+        async def ready() -> bool:
+            try:
+                counts = await asyncio.gather(*(instances(nc, f"wf-{s}") for s in
+                                                ("intake", "policy", "executor", "jobrunner", "status")))
+            except nats.errors.Error:
+                return False
+            return all(counts)
+
+        async def back() -> float:
+            await asyncio.sleep(0.5)  # past the kill: the old connections are gone
+            await eventually(ready, 60, what="every service back")
+            return time.monotonic() - killed_at
+
+        back_after = asyncio.create_task(back())
         outcomes = await asyncio.gather(
             *(client.submit(nc, sleep_workreq(blocks=1, jobs=2)) for _ in range(5)), return_exceptions=True
         )
@@ -173,12 +195,8 @@ async def test_kill_nats_server_and_restart_on_same_store(systems) -> None:  # t
             if isinstance(outcome, client.WfError):
                 assert outcome.code == 503, outcome
         accepted = [o["id"] for o in outcomes if isinstance(o, dict)]
-
-        async def ready() -> bool:
-            return all(await asyncio.gather(*(instances(nc, f"wf-{s}") for s in
-                                              ("intake", "policy", "executor", "jobrunner", "status"))))
-
-        await eventually(ready, 60, what="every service back")
+        print(f"\nnats-server kill -9: every service answering again after {await back_after:.1f} s; "
+              f"{len(accepted)} of 5 submits made during the outage accepted")
         for wf_id in accepted:
             await eventually(lambda: _verdict(nc, wf_id), 30, what=f"verdict of {wf_id}")
             await client.execute(nc, wf_id)
