@@ -124,6 +124,15 @@ async def last_event(js: JetStreamContext, subject: str) -> Msg | None:
     return raw  # type: ignore[return-value]
 
 
+async def stored_verdict(js: JetStreamContext, wf_id: str) -> Msg | None:
+    """The workflow's stored verdict event (`approved`, else `rejected`), or None while pending.
+    Both subjects are read at once: one round trip."""
+    approved, rejected = await asyncio.gather(
+        *(last_event(js, f"wf.evt.{wf_id}.{verdict}") for verdict in ("approved", "rejected"))
+    )
+    return approved or rejected
+
+
 async def follow_workflow(js: JetStreamContext, wf_id: str) -> JetStreamContext.PushSubscription:
     """An ordered consumer over one workflow's events: its whole history, then live events.
 

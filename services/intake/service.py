@@ -42,7 +42,7 @@ from schemas import (
     event_decoder,
     workreq_decoder,
 )
-from services.common.bus import connect, kv_updates, last_event, publish_event, wrong_last_sequence
+from services.common.bus import connect, kv_updates, last_event, publish_event, stored_verdict, wrong_last_sequence
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.es import EmergencyStops
 from services.common.ids import new_id
@@ -196,10 +196,9 @@ class Intake:
         try:
             if await last_event(self.js, f"wf.evt.{wf_id}.submitted") is None:
                 return False
-            for name in ("approved", "rejected"):
-                decided = await last_event(self.js, f"wf.evt.{wf_id}.{name}")
-                if decided is not None and not verdict.done():
-                    verdict.set_result(decided)
+            decided = await stored_verdict(self.js, wf_id)
+            if decided is not None and not verdict.done():
+                verdict.set_result(decided)
         except (TimeoutError, nats.errors.Error) as exc:
             raise ApiError(503, f"could not read workflow {wf_id} of this {IDEMPOTENCY_HEADER}: {exc!r}") from None
         return True

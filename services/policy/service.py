@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import Approved, Rejected, Submitted, event_decoder
-from services.common.bus import connect, decode_or_terminate, last_event, publish_event, wrong_last_sequence
+from services.common.bus import connect, decode_or_terminate, publish_event, stored_verdict, wrong_last_sequence
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
@@ -34,11 +34,6 @@ def never_both(verdict: Approved | Rejected) -> dict[str, str]:
             "Nats-Expected-Last-Subject-Sequence-Subject": f"wf.evt.{verdict.id}.{opposite}"}
 
 
-async def already_decided(js: JetStreamContext, wf_id: str) -> bool:
-    found = await asyncio.gather(*(last_event(js, f"wf.evt.{wf_id}.{verdict}") for verdict in ("approved", "rejected")))
-    return any(msg is not None for msg in found)
-
-
 async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, watcher: PolicyConfigWatcher) -> None:
     started = time.perf_counter()
     ev = await decode_or_terminate(msg, event_decoder)
@@ -50,7 +45,7 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
         return
     with structlog.contextvars.bound_contextvars(workflow_id=ev.id):
         # A redelivery after the duplicate window must not publish a second verdict.
-        if msg.metadata.num_delivered > 1 and await already_decided(js, ev.id):
+        if msg.metadata.num_delivered > 1 and await stored_verdict(js, ev.id) is not None:
             await msg.ack()
             log.info("verdict_already_published", outcome="duplicate")
             return

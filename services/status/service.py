@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from schemas import Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
-from services.common.bus import connect, decode_or_terminate, last_event, read_history
+from services.common.bus import connect, decode_or_terminate, last_event, read_history, stored_verdict
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
@@ -223,12 +223,11 @@ class StatusApi:
         if status.verdict != "pending":
             return value
         # The submitter may already hold the verdict the projection has not folded yet.
-        for verdict in ("approved", "rejected"):
-            msg = await last_event(self.js, f"wf.evt.{wf_id}.{verdict}")
-            if msg is not None:
-                fold.apply(status, event_decoder.decode(msg.data))
-                return encoder.encode(status)
-        return value
+        msg = await stored_verdict(self.js, wf_id)
+        if msg is None:
+            return value
+        fold.apply(status, event_decoder.decode(msg.data))
+        return encoder.encode(status)
 
     async def _fold_from_stream(self, wf_id: str) -> bytes:
         # Not projected yet (the projection lags by milliseconds): fold the stream directly.
