@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,58 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         await asyncio.sleep(0.05)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+SERVICE_MODULES = ("intake", "policy", "executor", "jobrunner", "status")
+
+
+def processes(root_pid: int) -> dict[str, list[int]]:
+    """`wf up`'s live processes by role: 'nats-server' and the service module names."""
+    found: dict[str, list[int]] = {}
+    for pid in descendants(root_pid):
+        try:
+            cmdline = [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith("nats-server"):
+            found.setdefault("nats-server", []).append(pid)
+        for module in SERVICE_MODULES:
+            if f"services.{module}" in cmdline:
+                found.setdefault(module, []).append(pid)
+    return found
+
+
+def wait_for_port(port: int, timeout_s: float = 20) -> bool:
+    """Whether something listens on 127.0.0.1:`port` within the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[str]:
     """A bare JetStream nats-server on a free loopback port, store in a temp dir; yields its URL."""
@@ -105,18 +158,9 @@ def nats_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen([find_nats_server(None), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    import socket
-
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("nats-server did not start")
-            time.sleep(0.05)
+    if not wait_for_port(port, 10):
+        proc.kill()
+        pytest.fail("nats-server did not start")
     yield f"nats://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)

@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
@@ -33,42 +32,13 @@ from schemas import (
 from services.common.bus import read_history
 from services.common.topology import JOBS_STREAM, STATUS_BUCKET
 from services.status import fold
-from tests.conftest import REPO, RunningSystem, eventually
+from tests.conftest import REPO, RunningSystem, eventually, processes
 from wf import auth, client
 
 T = TypeVar("T")
-SERVICE_MODULES = ("intake", "policy", "executor", "jobrunner", "status")
 
 
 # ---------------------------------------------------------------- processes
-
-
-def _ppid_and_cmdline(pid: int) -> tuple[int, list[str]] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    ppid = int(stat.rpartition(")")[2].split()[1])
-    return ppid, [part.decode(errors="replace") for part in cmdline if part]
-
-
-def processes(root_pid: int) -> dict[str, list[int]]:
-    """`wf up`'s live children by role: 'nats-server' and the service module names."""
-    found: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        info = _ppid_and_cmdline(int(entry.name))
-        if info is None or info[0] != root_pid:
-            continue
-        cmdline = info[1]
-        if cmdline and cmdline[0].endswith("nats-server"):
-            found.setdefault("nats-server", []).append(int(entry.name))
-        for module in SERVICE_MODULES:
-            if f"services.{module}" in cmdline:
-                found.setdefault(module, []).append(int(entry.name))
-    return found
 
 
 def kill9(pid: int) -> None:
@@ -201,12 +171,10 @@ async def check_invariants(
     kv = await retrying(lambda: js.key_value(STATUS_BUCKET))
     report = Report(workflows=len(wf_ids))
     for wf_id in wf_ids:
-        final = await _projection_settled(nc, kv, wf_id, timeout_s)
+        final, history = await _projection_settled(js, kv, wf_id, timeout_s)
         if final is None:
             report.violations.append(f"{wf_id}: did not end within {timeout_s} s")
             continue
-        msgs = await retrying(lambda: read_history(js, wf_id))
-        history = [(m.metadata.sequence.stream, event_decoder.decode(m.data)) for m in msgs]
         own = [(seq, ev) for seq, ev in history if seq not in ignore_seqs]
         fresh = _fold(history)
         if encoder.encode(final) != encoder.encode(fresh):
@@ -256,12 +224,18 @@ def _fold(history: list[tuple[int, Any]]) -> Any:
     return status
 
 
-async def _projection_settled(nc: Client, kv: Any, wf_id: str, timeout_s: float) -> Any:
-    """The projection once it is terminal and agrees with the stream (it lags by milliseconds)."""
-    js = nc.jetstream()
+async def _history(js: Any, wf_id: str) -> list[tuple[int, Any]]:
+    """(stream sequence, event) of every event stored for the workflow."""
+    msgs = await retrying(lambda: read_history(js, wf_id))
+    return [(m.metadata.sequence.stream, event_decoder.decode(m.data)) for m in msgs]
+
+
+async def _projection_settled(js: Any, kv: Any, wf_id: str, timeout_s: float) -> tuple[Any, list[tuple[int, Any]]]:
+    """The projection once it is terminal and agrees with the stream (it lags by milliseconds),
+    with the history it was checked against; (None, []) if it never became terminal."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    last = None
+    last, history = None, []
     while loop.time() < deadline:
         try:
             entry = await kv.get(wf_id)
@@ -269,12 +243,13 @@ async def _projection_settled(nc: Client, kv: Any, wf_id: str, timeout_s: float)
         except (nats.errors.Error, TimeoutError):  # not projected yet; or a cluster electing a leader
             last = None
         if last is not None and last.status in ("completed", "failed"):
-            msgs = await retrying(lambda: read_history(js, wf_id))
-            history = [(m.metadata.sequence.stream, event_decoder.decode(m.data)) for m in msgs]
+            history = await _history(js, wf_id)
             if encoder.encode(last) == encoder.encode(_fold(history)):
-                return last
+                return last, history
         await asyncio.sleep(0.2)
-    return last if last is not None and last.status in ("completed", "failed") else None
+    if last is not None and last.status in ("completed", "failed"):
+        return last, history  # terminal, but not equal to the fold: the caller reports it
+    return None, []
 
 
 def assert_clean(report: Report, system: RunningSystem | None = None) -> None:
@@ -350,17 +325,3 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def wait_for_port(port: int, timeout_s: float = 20) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

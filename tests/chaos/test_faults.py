@@ -17,7 +17,7 @@ import pytest
 from schemas import Approved, ExecRequested, JobCommand, WorkflowEnded, encoder, event_decoder, job_command_subject
 from services.common.bus import read_history
 from services.common.topology import EVENTS_STREAM, LEASES_BUCKET
-from tests.conftest import REPO, RunningSystem, eventually, start_system
+from tests.conftest import REPO, RunningSystem, eventually, processes, start_system, wait_for_port
 from wf import client
 from wf.up import find_nats_server, free_port
 
@@ -29,13 +29,11 @@ from .harness import (
     job_started,
     kill9,
     kill_role,
-    processes,
     restarted,
     role_url,
     run_workflows,
     sleep_workreq,
     start_service,
-    wait_for_port,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -308,7 +306,7 @@ async def test_three_node_cluster_loses_a_node(tmp_path: Path) -> None:
                         f"cluster {{ name: wfc, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n")
         nodes[f"n{n}"] = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for port, _ in ports:
-        wait_for_port(port)
+        assert wait_for_port(port), f"cluster node on {port} did not start"
     url = ",".join(f"nats://127.0.0.1:{port}" for port, _ in ports)
     log_path = tmp_path / "wf-up.log"
     with open(log_path, "wb") as log_file:

@@ -18,30 +18,11 @@ import pytest
 from schemas import JobCompleted, JobStarted, event_decoder
 from services.common.bus import read_history
 from services.common.ids import id_time_s
-from tests.conftest import REPO, eventually, start_system, wait_terminal
+from tests.conftest import REPO, descendants, eventually, processes, start_system, wait_terminal
 from wf import client
 from wf.up import find_nats_server, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -56,14 +37,9 @@ def alive(pid: int) -> bool:
 
 
 def pid_of(system, service: str) -> int:
-    for pid in descendants(system.proc.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"services.{service}".encode() in cmdline:
-            return pid
-    raise AssertionError(f"no {service} process under wf up")
+    pids = processes(system.proc.pid).get(service)
+    assert pids, f"no {service} process under wf up"
+    return pids[0]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
