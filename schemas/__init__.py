@@ -96,6 +96,57 @@ class StatusResp(Struct, kw_only=True):
     blocks: list[BlockStatus] = []
 
 
+class BlockSummary(Struct, kw_only=True):
+    desc: str
+    status: str
+    has_error: bool
+    jobs: list[JobStatus] = []
+    job_counts: dict[str, int] = {}
+
+
+class StatusSummary(Struct, kw_only=True):
+    """A StatusResp too large for one message: every field but the jobs, which each block counts
+    by status instead (`jobs_omitted` says so). Per-job detail is in WF_EVENTS."""
+
+    id: str
+    name: str
+    desc: str
+    verdict: str
+    reason: str
+    status: str
+    had_errors: bool
+    was_es_stopped: bool
+    blocks: list[BlockSummary]
+    jobs_omitted: bool = True
+
+
+def summarise(status: StatusResp) -> StatusSummary:
+    def counts(jobs: list[JobStatus]) -> dict[str, int]:
+        out = dict.fromkeys(("not_started", "running", "completed", "failed"), 0)
+        for job in jobs:
+            out[job.status] = out.get(job.status, 0) + 1
+        return out
+
+    return StatusSummary(
+        id=status.id, name=status.name, desc=status.desc, verdict=status.verdict, reason=status.reason,
+        status=status.status, had_errors=status.had_errors, was_es_stopped=status.was_es_stopped,
+        blocks=[BlockSummary(desc=b.desc, status=b.status, has_error=b.has_error, job_counts=counts(b.jobs))
+                for b in status.blocks],
+    )
+
+
+class _OmitsJobs(Struct):
+    jobs_omitted: bool = False
+
+
+_omits_jobs_decoder = msgspec.json.Decoder(_OmitsJobs)
+
+
+def omits_jobs(status_json: bytes) -> bool:
+    """Whether a stored StatusResp is a StatusSummary (its jobs omitted)."""
+    return _omits_jobs_decoder.decode(status_json).jobs_omitted
+
+
 # ---------------------------------------------------------------- events (stream WF_EVENTS)
 
 
@@ -104,8 +155,28 @@ class _Event(Struct, frozen=True, kw_only=True, tag_field="type"):
     at: float  # unix seconds, when the publisher decided it
 
 
+class StoredReq(Struct, frozen=True, kw_only=True):
+    """Where a WorkReq too large for one message is kept: an object in the object store."""
+
+    bucket: str
+    object: str
+    bytes: int
+    sha256: str  # of the stored JSON
+    workreq: str  # the WorkReq's name, readable without fetching it
+
+
 class Submitted(_Event, tag="submitted"):
-    req: WorkReq
+    """Carries the WorkReq itself, or (when the event would exceed the server's max payload) where
+    it is stored: `services.common.workreqs.load` gives the WorkReq either way."""
+
+    req: WorkReq | None = None
+    req_stored: StoredReq | None = None
+
+    @property
+    def workreq_name(self) -> str:
+        if self.req is not None:
+            return self.req.name
+        return self.req_stored.workreq if self.req_stored is not None else ""
 
 
 class Approved(_Event, tag="approved"):

@@ -23,6 +23,7 @@ TYPES: dict[str, Any] = {
     "SubmitReply": s.SubmitReply,
     "IdReply": s.IdReply,
     "StatusResp": s.StatusResp,
+    "StatusSummary": s.StatusSummary,
     "Event": s.Event,
     "JobCommand": s.JobCommand,
     **{cls.__name__: cls for cls in s.Event.__args__},  # type: ignore[attr-defined]
@@ -34,6 +35,7 @@ TITLES = {
     "SubmitReply": "The success reply of wf.api.submit",
     "IdReply": "The success reply of wf.api.exec and wf.api.cancel",
     "StatusResp": "A workflow's status: the reply of wf.api.status and the value in KV wf_status",
+    "StatusSummary": "A StatusResp too large for one message: jobs counted per block, not listed (jobs_omitted)",
     "Event": "Any event on wf.evt.<id>.<event> (stream WF_EVENTS), tagged by `type`",
     "JobCommand": "A job command on wf.cmd.job.<id>.<block>.<job> (stream WF_JOBS)",
 }

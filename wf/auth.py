@@ -27,6 +27,8 @@ from services.common.topology import (
     RUNNER_CONSUMER,
     STATUS_BUCKET,
     STATUS_CONSUMER,
+    UPLOADS_BUCKET,
+    WORKREQ_BUCKET,
 )
 
 INBOX = "_INBOX.>"
@@ -68,6 +70,17 @@ def kv_write(bucket: str) -> list[str]:
     return [f"$KV.{bucket}.>"]
 
 
+def obj_read(bucket: str) -> list[str]:
+    """Get objects: their meta message, then their chunks through an ordered consumer (nats-py finds
+    the chunks' stream by subject: STREAM.NAMES)."""
+    return [*js_read(f"OBJ_{bucket}"), *js_follow(f"OBJ_{bucket}"), "$JS.API.STREAM.NAMES"]
+
+
+def obj_write(bucket: str) -> list[str]:
+    """Put objects (a failed put purges its own chunks)."""
+    return [*obj_read(bucket), f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.OBJ_{bucket}"]
+
+
 @dataclass(frozen=True)
 class Role:
     name: str
@@ -90,26 +103,29 @@ ROLES: dict[str, Role] = {
         _role("intake",
               ["wf.evt.*.submitted", "wf.evt.*.exec_requested", "wf.evt.*.cancel_requested",
                *js_read(EVENTS_STREAM), *kv_read(CONFIG_BUCKET), *kv_read(ES_BUCKET),
-               *kv_read(IDEMPOTENCY_BUCKET), *kv_write(IDEMPOTENCY_BUCKET)],
-              ["wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.evt.*.approved", "wf.evt.*.rejected", MICRO]),
+               *kv_read(IDEMPOTENCY_BUCKET), *kv_write(IDEMPOTENCY_BUCKET), *kv_read(UPLOADS_BUCKET),
+               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET)],
+              ["wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.evt.*.approved",
+               "wf.evt.*.rejected", MICRO]),
         _role("policy",
               ["wf.evt.*.approved", "wf.evt.*.rejected", *js_read(EVENTS_STREAM),
-               *js_pull(EVENTS_STREAM, POLICY_CONSUMER), *kv_read(CONFIG_BUCKET), *kv_write(CONFIG_BUCKET)],
+               *js_pull(EVENTS_STREAM, POLICY_CONSUMER), *kv_read(CONFIG_BUCKET), *kv_write(CONFIG_BUCKET),
+               *obj_read(WORKREQ_BUCKET)],
               [MICRO]),
         _role("executor",
               ["wf.evt.*.workflow.>", "wf.evt.*.block.>", "wf.cmd.job.>", *js_read(EVENTS_STREAM),
                *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, EXECUTOR_CONSUMER), *js_read(JOBS_STREAM),
                *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
-               *kv_write(BUCKETS_BUCKET), *kv_read(LEASES_BUCKET), *kv_write(LEASES_BUCKET)],
+               *kv_write(BUCKETS_BUCKET), *kv_read(LEASES_BUCKET), *kv_write(LEASES_BUCKET), *obj_read(WORKREQ_BUCKET)],
               [MICRO]),
         _role("jobrunner",
               ["wf.evt.*.job.>", *js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM),
                *js_pull(JOBS_STREAM, RUNNER_CONSUMER), *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
-               *kv_write(BUCKETS_BUCKET)],
+               *kv_write(BUCKETS_BUCKET), *obj_read(WORKREQ_BUCKET)],
               [MICRO]),
         _role("status",
               [*js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, STATUS_CONSUMER),
-               *kv_read(STATUS_BUCKET), *kv_write(STATUS_BUCKET)],
+               *kv_read(STATUS_BUCKET), *kv_write(STATUS_BUCKET), *obj_read(WORKREQ_BUCKET)],
               ["wf.api.status", MICRO]),
         _role("client", CLIENT_PUBLISH, ["wf.evt.>"]),
         _role("operator", [*CLIENT_PUBLISH, *kv_read(ES_BUCKET), *kv_write(ES_BUCKET), *kv_read(BUCKETS_BUCKET),

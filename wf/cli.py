@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,6 +258,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         replicas=_replicas(args),
         stream_replicas=args.stream_replicas,
         sync=args.sync,
+        max_payload=args.max_payload,
         log_level=args.log_level,
         tls_cert=Path(args.tls_cert).resolve() if args.tls_cert else None,
         tls_key=Path(args.tls_key).resolve() if args.tls_key else None,
@@ -267,6 +269,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _fail("--stream-replicas needs a cluster: use it with --nats-url (the embedded server is one node)")
     if opts.sync and opts.nats_url:
         return _fail("--sync sets the embedded server's fsync; on your own server set sync_interval in its configuration")
+    if opts.max_payload and opts.nats_url:
+        return _fail("--max-payload sets the embedded server's; on your own server set max_payload in its configuration")
+    if opts.max_payload and not re.fullmatch(r"[1-9][0-9]*(KB|MB)?", opts.max_payload):
+        return _fail("--max-payload is a size such as 1MB, 256KB or 1048576")
     return asyncio.run(run_up(opts))
 
 
@@ -394,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sync", default="",
                     help="the embedded server's fsync: 'always' fsyncs every write (survives power loss, slower); "
                          "default: nats-server's (every 2 minutes)")
+    up.add_argument("--max-payload", default="",
+                    help="the embedded server's largest message (default 8MB); larger WorkReqs go in parts")
     up.add_argument("--tls-cert", help="TLS certificate for the embedded server's client port (with --tls-key)")
     up.add_argument("--tls-key", help="its private key; clients then trust the certificate through WF_NATS_CA")
     up.add_argument("--log-level", default=os.environ.get("WF_LOG_LEVEL", "info"))

@@ -14,6 +14,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from services.common.settings import DEFAULT_NATS_URL
+from services.common.workreqs import fits
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -72,19 +73,39 @@ SUBMIT_ATTEMPTS = 5
 RETRYABLE = (429, 503)  # too many in flight; a dependency down
 
 
-async def submit(nc: Client, workreq: bytes, key: str | None = None, attempts: int = SUBMIT_ATTEMPTS) -> dict[str, Any]:
-    """Submit with an idempotency key (`Nats-Msg-Id`, a fresh one unless given), retrying with the
-    same key when no reply came or the reply was 429 or 503 (backing off 0.5, 1, 2, 4 s, with
-    jitter): a retry never makes a second workflow."""
-    headers = {"Nats-Msg-Id": key or f"wf-submit-{uuid.uuid4()}"}
+async def _retrying(nc: Client, subject: str, body: bytes, headers: dict[str, str], attempts: int) -> dict[str, Any]:
+    """One request, repeated (same body, same headers) when no reply came or the reply was 429 or
+    503, backing off 0.5, 1, 2, 4 s with jitter."""
     for attempt in range(1, attempts + 1):
         try:
-            return await call(nc, "wf.api.submit", workreq, headers=headers)
+            return await call(nc, subject, body, headers=headers)
         except (Unreachable, WfError) as err:
             if attempt == attempts or (isinstance(err, WfError) and err.code not in RETRYABLE):
                 raise
             await asyncio.sleep(0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
     raise AssertionError("unreachable")
+
+
+async def upload(nc: Client, workreq: bytes, attempts: int = SUBMIT_ATTEMPTS) -> dict[str, str]:
+    """Send a WorkReq too large for one message to `wf.api.upload` in parts that fit; returns the
+    headers a submit of it carries (with an empty body) instead of the WorkReq."""
+    upload_id = uuid.uuid4().hex
+    size = max(1024, nc.max_payload - 16 * 1024)
+    parts = [workreq[i:i + size] for i in range(0, len(workreq), size)]
+    for i, part in enumerate(parts):
+        await _retrying(nc, "wf.api.upload", part, {"Wf-Upload": upload_id, "Wf-Upload-Part": str(i)}, attempts)
+    return {"Wf-Upload": upload_id, "Wf-Upload-Parts": str(len(parts))}
+
+
+async def submit(nc: Client, workreq: bytes, key: str | None = None, attempts: int = SUBMIT_ATTEMPTS) -> dict[str, Any]:
+    """Submit with an idempotency key (`Nats-Msg-Id`, a fresh one unless given), retrying with the
+    same key when no reply came or the reply was 429 or 503: a retry never makes a second workflow.
+    A WorkReq larger than the server's max payload is uploaded in parts first."""
+    headers = {"Nats-Msg-Id": key or f"wf-submit-{uuid.uuid4()}"}
+    if not fits(nc.max_payload, len(workreq)):
+        headers.update(await upload(nc, workreq, attempts))
+        workreq = b""
+    return await _retrying(nc, "wf.api.submit", workreq, headers, attempts)
 
 
 async def execute(nc: Client, wf_id: str) -> dict[str, Any]:

@@ -8,21 +8,33 @@ from typing import Any
 TERMINAL = ("completed", "failed")
 
 
-def _counts(jobs: list[dict[str, Any]]) -> str:
-    done = sum(job["status"] in TERMINAL for job in jobs)
-    failed = sum(job["status"] == "failed" for job in jobs)
-    running = sum(job["status"] == "running" for job in jobs)
-    text = f"{done}/{len(jobs)} done"
-    if running:
-        text += f", {running} running"
-    if failed:
-        text += f", {failed} failed"
+def _tally(blocks: list[dict[str, Any]]) -> dict[str, int]:
+    """Jobs by status over these blocks: from their jobs, or from `job_counts` when a StatusResp too
+    large for one message lists none (a summary, `jobs_omitted`)."""
+    tally: dict[str, int] = {}
+    for block in blocks:
+        counts = block.get("job_counts") or {}
+        if not counts:
+            for job in block["jobs"]:
+                counts[job["status"]] = counts.get(job["status"], 0) + 1
+        for state, n in counts.items():
+            tally[state] = tally.get(state, 0) + n
+    return tally
+
+
+def _counts(tally: dict[str, int]) -> str:
+    done = sum(tally.get(state, 0) for state in TERMINAL)
+    text = f"{done}/{sum(tally.values())} done"
+    if tally.get("running"):
+        text += f", {tally['running']} running"
+    if tally.get("failed"):
+        text += f", {tally['failed']} failed"
     return text
 
 
-def _bar(jobs: list[dict[str, Any]], width: int = 20) -> str:
-    done = sum(job["status"] in TERMINAL for job in jobs)
-    filled = round(width * done / len(jobs)) if jobs else width
+def _bar(tally: dict[str, int], width: int = 20) -> str:
+    done, total = sum(tally.get(state, 0) for state in TERMINAL), sum(tally.values())
+    filled = round(width * done / total) if total else width
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
@@ -35,10 +47,13 @@ def render(status: dict[str, Any]) -> str:
     lines = [head]
     if status.get("reason"):
         lines.append(f"  reason: {status['reason']}")
+    if status.get("jobs_omitted"):
+        lines.append("  (too many jobs to list in one message: counts only; each job's events are in WF_EVENTS)")
     for b, block in enumerate(status["blocks"]):
         jobs = block["jobs"]
+        tally = _tally([block])
         err = "  has_error" if block["has_error"] else ""
-        lines.append(f"  block {b:>2} {_bar(jobs)} {block['status']:<11} {_counts(jobs):<28} {block['desc']}{err}")
+        lines.append(f"  block {b:>2} {_bar(tally)} {block['status']:<11} {_counts(tally):<28} {block['desc']}{err}")
         if block["status"] == "running" or (block["has_error"] and status["status"] in TERMINAL):
             for j, job in enumerate(jobs):
                 if block["status"] != "running" and job["status"] != "failed":
@@ -53,9 +68,8 @@ def summary_line(status: dict[str, Any]) -> str:
     """One line, for logs and pipes: changes only when progress does."""
     blocks = status["blocks"]
     current = next((b for b, block in enumerate(blocks) if block["status"] == "running"), None)
-    jobs = [job for block in blocks for job in block["jobs"]]
     where = f"block {current}/{len(blocks)}" if current is not None else f"{len(blocks)} blocks"
-    return f"{status['id']} {status['status']} {where} jobs {_counts(jobs)}"
+    return f"{status['id']} {status['status']} {where} jobs {_counts(_tally(blocks))}"
 
 
 def list_table(statuses: list[dict[str, Any]]) -> str:
@@ -64,11 +78,10 @@ def list_table(statuses: list[dict[str, Any]]) -> str:
 
     lines = [f"{'ID':<26}  {'SUBMITTED (UTC)':<19}  {'NAME':<22} {'VERDICT':<9} {'STATUS':<11} JOBS"]
     for status in statuses:
-        jobs = [job for block in status["blocks"] for job in block["jobs"]]
         submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(id_time_s(status["id"])))
         flags = " es_stopped" if status.get("was_es_stopped") else ""
         lines.append(
             f"{status['id']:<26}  {submitted:<19}  {status['name'][:22]:<22} {status['verdict']:<9} "
-            f"{status['status']:<11} {_counts(jobs)}{flags}"
+            f"{status['status']:<11} {_counts(_tally(status['blocks']))}{flags}"
         )
     return "\n".join(lines)

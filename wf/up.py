@@ -45,6 +45,7 @@ class UpOptions:
     replicas: dict[str, int] = field(default_factory=dict)  # service -> processes (1 when absent)
     stream_replicas: int = 1
     sync: str = ""  # nats-server's sync_interval for the embedded server ("always": fsync every write)
+    max_payload: str = ""  # the embedded server's max_payload ("" : MAX_PAYLOAD)
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -168,10 +169,13 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
     return Counter(seen.values())
 
 
-MAX_PAYLOAD = "8MB"  # a 50,000-job WorkReq and its StatusResp are several MB (NATS default: 1 MB)
+# Messages up to 8 MB: a 50,000-job WorkReq and its StatusResp go as one message each (NATS's
+# default is 1 MB). Larger ones still work, in parts and through the object store (services/common/workreqs.py).
+MAX_PAYLOAD = "8MB"
 
 
-def write_server_config(data_dir: Path, port: int, authorization: str = "", sync: str = "") -> Path:
+def write_server_config(data_dir: Path, port: int, authorization: str = "", sync: str = "",
+                        max_payload: str = "") -> Path:
     """The embedded nats-server's configuration: loopback only, JetStream under the data dir, and
     the generated users and permissions (the file holds secrets: mode 0600)."""
     conf = data_dir / "nats-server.conf"
@@ -179,7 +183,7 @@ def write_server_config(data_dir: Path, port: int, authorization: str = "", sync
     sync_line = f", sync_interval: {json.dumps(sync)}" if sync else ""
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\n"
+        fh.write(f"listen: 127.0.0.1:{port}\nmax_payload: {max_payload or MAX_PAYLOAD}\n"
                  f"jetstream {{ store_dir: {store}{sync_line} }}\n{authorization}")
     return conf
 
@@ -268,7 +272,7 @@ class System:
                     # trust it (self-signed: the certificate is its own CA), here and in every service's env
                     os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))
                 conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials),
-                                           self.opts.sync)
+                                           self.opts.sync, self.opts.max_payload)
                 argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
                 await self.server.start()

@@ -11,6 +11,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -25,6 +26,11 @@ CONFIG_BUCKET = "wf_config"
 LEASES_BUCKET = "wf_leases"  # workflow id -> the executor that owns it (services/executor/lease.py)
 IDEMPOTENCY_BUCKET = "wf_idempotency"  # hash of a submit's Nats-Msg-Id -> the workflow it created
 IDEMPOTENCY_TTL_S = 24 * 3600.0
+# WorkReqs too large for one message (services/common/workreqs.py): the whole WorkReq, by workflow
+# id, in an object store; and the parts of uploads in progress (`wf.api.upload`), kept an hour.
+WORKREQ_BUCKET = "wf_workreqs"
+UPLOADS_BUCKET = "wf_uploads"
+UPLOAD_TTL_S = 3600.0
 
 POLICY_CONSUMER = "policy"
 EXECUTOR_CONSUMER = "executor"
@@ -102,3 +108,5 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     # keys expire a day after they were written: a retried submit maps to its workflow for 24 hours
     await js.create_key_value(bucket=IDEMPOTENCY_BUCKET, history=1, direct=True, replicas=replicas,
                               ttl=IDEMPOTENCY_TTL_S)
+    await js.create_key_value(bucket=UPLOADS_BUCKET, history=1, direct=True, replicas=replicas, ttl=UPLOAD_TTL_S)
+    await js.create_object_store(WORKREQ_BUCKET, ObjectStoreConfig(replicas=replicas))

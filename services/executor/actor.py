@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from schemas import DECODE_ERRORS, Approved, JobCommand, Submitted, event_decoder
 from services.common.bus import follow_workflow, publish_all
 from services.common.es import EmergencyStops
+from services.common.workreqs import StoredReqMissing, resolved
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
 
 from .lease import RENEW_S, Lease, LeaseLost
@@ -141,7 +142,9 @@ class WorkflowActor:
             if msg is None:
                 continue
             try:
-                self._apply(event_decoder.decode(msg.data))
+                self._apply(await resolved(self.js, event_decoder.decode(msg.data)))
+            except StoredReqMissing as exc:
+                raise NotExecutable(str(exc)) from None
             except DECODE_ERRORS as exc:
                 log.error("bad_event_ignored", subject=msg.subject, error=str(exc))
             if not self.caught_up:
@@ -172,6 +175,7 @@ class WorkflowActor:
 
     def _apply(self, ev: object) -> None:
         if isinstance(ev, Submitted):
+            assert ev.req is not None  # resolved by _follow
             self.progress = WorkflowProgress(self.id, ev.req)
         elif isinstance(ev, Approved):
             self.approved = True

@@ -40,6 +40,7 @@ from schemas import (
     WorkReq,
     encoder,
     event_decoder,
+    is_token,
     workreq_decoder,
 )
 from services.common.bus import connect, kv_updates, last_event, publish_event, stored_verdict, wrong_last_sequence
@@ -48,7 +49,8 @@ from services.common.es import EmergencyStops
 from services.common.ids import new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET
+from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET, UPLOADS_BUCKET
+from services.common.workreqs import fits, store
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 from .limits import Limits, check_limits
@@ -56,6 +58,67 @@ from .limits import Limits, check_limits
 log = structlog.get_logger()
 IDEMPOTENCY_HEADER = "Nats-Msg-Id"
 MAX_IDEMPOTENCY_KEY = 512
+UPLOAD_HEADER = "Wf-Upload"  # an upload's id (letters, digits, - and _, at most 64)
+PART_HEADER = "Wf-Upload-Part"  # on wf.api.upload: this part's index, from 0
+PARTS_HEADER = "Wf-Upload-Parts"  # on wf.api.submit: how many parts make the WorkReq
+MAX_PARTS = 4096
+
+
+class Uploads:
+    """WorkReqs sent in parts (each below the server's max payload) to `wf.api.upload`, kept in KV
+    `wf_uploads` for an hour: `upload.part` -> bytes. Re-sending a part overwrites it (idempotent)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @staticmethod
+    def _upload_id(headers: dict[str, str]) -> str:
+        upload = headers.get(UPLOAD_HEADER, "")
+        if not (0 < len(upload) <= 64 and is_token(upload)):
+            raise ApiError(400, f"{UPLOAD_HEADER} must be 1-64 letters, digits, '-' or '_'")
+        return upload
+
+    @staticmethod
+    def _count(headers: dict[str, str], name: str, low: int) -> int:
+        try:
+            value = int(headers.get(name, ""))
+        except ValueError:
+            raise ApiError(400, f"{name} must be a number") from None
+        if not low <= value < MAX_PARTS + low:
+            raise ApiError(400, f"{name} must be from {low} to {MAX_PARTS - 1 + low}")
+        return value
+
+    async def put(self, request: Request) -> bytes:
+        headers = request.headers or {}
+        upload = self._upload_id(headers)
+        part = self._count(headers, PART_HEADER, 0)
+        if not request.data:
+            raise ApiError(400, f"part {part} of upload {upload} is empty")
+        try:
+            await self.kv.put(f"{upload}.{part}", request.data)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ApiError(503, f"could not store part {part} of upload {upload}: {exc!r}") from None
+        return json.dumps({"upload": upload, "part": part, "bytes": len(request.data)}).encode()
+
+    async def assemble(self, headers: dict[str, str], max_bytes: int) -> bytes:
+        """The whole WorkReq of a submit that names an upload."""
+        upload = self._upload_id(headers)
+        count = self._count(headers, PARTS_HEADER, 1)
+
+        async def part(i: int) -> bytes:
+            try:
+                entry = await self.kv.get(f"{upload}.{i}")
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                raise ApiError(400, f"upload {upload} has no part {i} (never sent, or older than an hour)") from None
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise ApiError(503, f"could not read upload {upload}: {exc!r}") from None
+            return entry.value or b""
+
+        parts = await asyncio.gather(*(part(i) for i in range(count)))
+        size = sum(len(p) for p in parts)
+        if size > max_bytes:
+            raise ApiError(413, f"the uploaded WorkReq is {size} bytes, over the limit of {max_bytes} (WF_MAX_REQUEST_BYTES)")
+        return b"".join(parts)
 
 
 class Idempotency:
@@ -138,10 +201,12 @@ class PolicyConfigState:
 
 class Intake:
     def __init__(
-        self, js: JetStreamContext, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState,
-        es: EmergencyStops, limits: Limits, idempotency: Idempotency,
+        self, nc: Client, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState,
+        es: EmergencyStops, limits: Limits, idempotency: Idempotency, uploads: Uploads,
     ) -> None:
-        self.js = js
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.uploads = uploads
         self.idempotency = idempotency
         self.settings = settings
         self.waiters = waiters
@@ -153,12 +218,22 @@ class Intake:
         if not self.es.is_go(workreq):
             raise ApiError(423, f"emergency stop is not 'go' for {workreq!r}")
 
-    async def submit(self, request: Request) -> bytes:
+    async def _body(self, request: Request) -> bytes:
+        """The WorkReq's bytes: the request's body, or the upload its headers name."""
+        headers = request.headers or {}
+        if UPLOAD_HEADER in headers:
+            if request.data:
+                raise ApiError(400, f"a submit naming an upload ({UPLOAD_HEADER}) must have an empty body")
+            return await self.uploads.assemble(headers, self.limits.max_request_bytes)
         if len(request.data) > self.limits.max_request_bytes:
             raise ApiError(413, f"the request is {len(request.data)} bytes, over the limit of "
                                 f"{self.limits.max_request_bytes} (WF_MAX_REQUEST_BYTES)")
+        return request.data
+
+    async def submit(self, request: Request) -> bytes:
+        data = await self._body(request)
         try:
-            req = workreq_decoder.decode(request.data)
+            req = workreq_decoder.decode(data)
         except DECODE_ERRORS as exc:
             raise ApiError(400, f"not a valid WorkReq: {exc}") from None
         too_much = check_limits(req, self.limits)
@@ -170,7 +245,7 @@ class Intake:
         wf_id, fresh = new_id(), True
         if key:
             try:
-                wf_id, fresh = await self.idempotency.claim(key, wf_id, hashlib.sha256(request.data).hexdigest())
+                wf_id, fresh = await self.idempotency.claim(key, wf_id, hashlib.sha256(data).hexdigest())
             except (TimeoutError, nats.errors.Error) as exc:
                 raise ApiError(503, f"could not claim {IDEMPOTENCY_HEADER}, nothing was stored: {exc!r}") from None
         structlog.contextvars.bind_contextvars(workflow_id=wf_id)
@@ -209,7 +284,7 @@ class Intake:
         self._check_not_stopped(req.name)
         headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if once else None
         try:
-            await publish_event(self.js, Submitted(id=wf_id, at=time.time(), req=req), headers=headers)
+            await publish_event(self.js, await self._submitted(wf_id, req), headers=headers)
         except nats.js.errors.APIError as exc:
             if once and wrong_last_sequence(exc):
                 return  # a concurrent submit with the same key wrote it first: one workflow
@@ -217,6 +292,17 @@ class Intake:
         except (TimeoutError, nats.errors.Error) as exc:  # no ack: it may or may not be stored
             retry = f"retry with the same {IDEMPOTENCY_HEADER} to be sure" if once else f"send a {IDEMPOTENCY_HEADER} to retry safely"
             raise ApiError(503, f"the submission was not acknowledged ({exc!r}); {retry}") from None
+
+    async def _submitted(self, wf_id: str, req: WorkReq) -> Submitted:
+        """The event; when it would exceed the server's max payload, the WorkReq goes to the object
+        store first and the event says where (services/common/workreqs.py)."""
+        ev = Submitted(id=wf_id, at=time.time(), req=req)
+        req_json = encoder.encode(req)
+        if fits(self.nc.max_payload, len(req_json) + 256):
+            return ev
+        stored = await store(self.js, wf_id, req_json, req.name, self.nc.max_payload)
+        log.info("workreq_stored", bucket=stored.bucket, bytes=stored.bytes)
+        return Submitted(id=wf_id, at=ev.at, req_stored=stored)
 
     async def exec(self, request: Request) -> bytes:
         wf_id = decode_id(request.data)
@@ -250,7 +336,7 @@ class Intake:
             raise ApiError(409, f"workflow {wf_id} is already executing or executed")
         if await last_event(self.js, f"wf.evt.{wf_id}.cancel_requested") is not None:
             raise ApiError(409, f"workflow {wf_id} was cancelled")
-        self._check_not_stopped(submitted.req.name)
+        self._check_not_stopped(submitted.workreq_name)
         if await last_event(self.js, f"wf.evt.{wf_id}.approved") is None:
             rejected = await last_event(self.js, f"wf.evt.{wf_id}.rejected")
             if rejected is not None:
@@ -292,12 +378,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     es_task = asyncio.create_task(es.follow(es_kv, stop))
     await es.ready.wait()
     idem_kv = await when_ready(lambda: js.key_value(IDEMPOTENCY_BUCKET), stop, what=IDEMPOTENCY_BUCKET)
-    intake = Intake(js, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv))
+    uploads = Uploads(await when_ready(lambda: js.key_value(UPLOADS_BUCKET), stop, what=UPLOADS_BUCKET))
+    intake = Intake(nc, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv),
+                    uploads)
     service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests")
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),
         ConcurrentEndpoint("exec", intake.exec, settings.max_in_flight),
         ConcurrentEndpoint("cancel", intake.cancel, settings.max_in_flight),
+        ConcurrentEndpoint("upload", uploads.put, settings.max_in_flight),
     ]
     for ep in endpoints:
         await ep.register(service, f"wf.api.{ep.name}")

@@ -37,6 +37,7 @@ from schemas import (
 )
 from services.common.bus import decode_or_terminate, last_event, publish_event
 from services.common.es import EmergencyStops
+from services.common import workreqs
 from services.common.topology import RUNNER_ACK_WAIT_S
 from services.jobs import Job, JobContext, JobError, JobRegistry
 
@@ -219,7 +220,13 @@ class JobRunner:
                 self.ended[wf_id] = STOP_REASONS.get(getattr(ev, "stopped_by", ""), f"the workflow ended {state}")
         msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
         ev = event_decoder.decode(msg.data) if msg is not None else None
-        return ev.req if isinstance(ev, Submitted) else None
+        if not isinstance(ev, Submitted):
+            return None
+        try:
+            return await workreqs.load(self.js, ev)
+        except workreqs.StoredReqMissing:
+            log.error("stored_workreq_missing", workflow_id=wf_id)
+            return None
 
     async def _skip_reason(self, cmd: JobCommand, attempt: int) -> str:
         if cmd.id in self.ended:

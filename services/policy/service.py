@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import Approved, Rejected, Submitted, event_decoder
+from services.common import workreqs
 from services.common.bus import connect, decode_or_terminate, publish_event, stored_verdict, wrong_last_sequence
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
@@ -54,7 +55,10 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
             await msg.nak(delay=1.0)
             log.warning("verdict_deferred", reason=watcher.error, outcome="deferred")
             return
-        reason = await decide(ev.req, jobs, config)
+        try:
+            reason = await decide(await workreqs.load(js, ev), jobs, config)
+        except workreqs.StoredReqMissing as exc:
+            reason = str(exc)
         verdict = Approved(id=ev.id, at=time.time()) if reason is None else Rejected(id=ev.id, at=time.time(), reason=reason)
         try:
             await publish_event(js, verdict, headers=never_both(verdict))

@@ -16,17 +16,19 @@ import nats.errors
 import nats.js.errors
 import nats.micro
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
-from schemas import Event, StatusResp, Submitted, encoder, event_decoder, status_decoder
+from schemas import Event, StatusResp, Submitted, encoder, event_decoder, omits_jobs, status_decoder, summarise
 from services.common.bus import connect, decode_or_terminate, last_event, read_history, stored_verdict
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.topology import EVENTS_STREAM, STATUS_BUCKET, STATUS_CONSUMER
+from services.common.workreqs import HEADROOM, resolved
 
 from . import fold
 
@@ -40,6 +42,29 @@ BATCH = 256
 MIN_WRITE_INTERVAL_S = 0.05
 WRITE_BYTES_PER_S = 20_000_000
 MAX_UNWRITTEN_EVENTS = 5_000
+REBUILD_TIMEOUT_S = 300.0  # reading a large workflow's whole history back from WF_EVENTS
+
+
+def encode_status(status: StatusResp, max_payload: int) -> tuple[bytes, int]:
+    """The StatusResp's JSON, or its StatusSummary's when the whole would exceed the server's max
+    payload (a workflow of very many jobs); and the whole's size, which paces its writes."""
+    data = encoder.encode(status)
+    if len(data) <= max_payload - HEADROOM:
+        return data, len(data)
+    return encoder.encode(summarise(status)), len(data)
+
+
+async def fold_history(js: JetStreamContext, wf_id: str) -> StatusResp | None:
+    """The workflow's StatusResp folded from its whole history in WF_EVENTS (None: not submitted)."""
+    if await last_event(js, f"wf.evt.{wf_id}.submitted") is None:
+        return None
+    events = [event_decoder.decode(m.data) for m in await read_history(js, wf_id, timeout_s=REBUILD_TIMEOUT_S)]
+    first = await resolved(js, events[0])
+    assert isinstance(first, Submitted)
+    status = fold.new_status(first)
+    for ev in events:
+        fold.apply(status, ev)
+    return status
 
 
 @dataclass
@@ -66,8 +91,9 @@ def _head(status: StatusResp) -> tuple[str, str, str]:
 
 
 class Projection:
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
-        self.js = js
+    def __init__(self, nc: Client, kv: KeyValue) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
         self.kv = kv
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.lock = asyncio.Lock()
@@ -79,6 +105,8 @@ class Projection:
             return None, 0
         if not entry.value or entry.revision is None:
             return None, 0
+        if omits_jobs(entry.value):  # a summary (too many jobs for one message): fold the history again
+            return await fold_history(self.js, wf_id), entry.revision
         return status_decoder.decode(entry.value), entry.revision
 
     async def _seed(self, wf_id: str) -> StatusResp | None:
@@ -86,7 +114,7 @@ class Projection:
         msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
         if msg is None:
             return None
-        ev = event_decoder.decode(msg.data)
+        ev = await resolved(self.js, event_decoder.decode(msg.data))
         return fold.new_status(ev) if isinstance(ev, Submitted) else None
 
     async def _entry(self, wf_id: str, first: Event) -> Entry | None:
@@ -94,7 +122,10 @@ class Projection:
         if entry is None:
             status, revision = await self._load(wf_id)
             if status is None:
-                status = fold.new_status(first) if isinstance(first, Submitted) else await self._seed(wf_id)
+                if isinstance(first, Submitted):
+                    status = fold.new_status(await resolved(self.js, first))  # type: ignore[arg-type]
+                else:
+                    status = await self._seed(wf_id)
                 if status is None:
                     return None
             entry = self.entries[wf_id] = Entry(status, revision, urgent=revision == 0)
@@ -134,7 +165,7 @@ class Projection:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(workflow_id=wf_id):
             for _attempt in range(10):
-                data = encoder.encode(entry.status)
+                data, size = encode_status(entry.status, self.nc.max_payload)
                 try:
                     if entry.revision == 0:
                         entry.revision = await self.kv.create(wf_id, data)
@@ -155,7 +186,7 @@ class Projection:
             log.info("events_folded", count=len(entry.events), bytes=len(data), outcome="ok",
                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
             entry.events, entry.msgs, entry.urgent = [], [], False
-            entry.last_write, entry.size = time.monotonic(), len(data)
+            entry.last_write, entry.size = time.monotonic(), size
 
     def _evict(self) -> None:
         """Forget the oldest workflows with nothing unwritten, beyond CACHE_SIZE."""
@@ -207,8 +238,9 @@ async def flush_periodically(projection: Projection, stop: asyncio.Event) -> Non
 
 
 class StatusApi:
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
-        self.js = js
+    def __init__(self, nc: Client, kv: KeyValue) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
         self.kv = kv
 
     async def status(self, request: Request) -> bytes:
@@ -220,7 +252,7 @@ class StatusApi:
         if not value:
             return await self._fold_from_stream(wf_id)
         status = status_decoder.decode(value)
-        if status.verdict != "pending":
+        if status.verdict != "pending" or omits_jobs(value):
             return value
         # The submitter may already hold the verdict the projection has not folded yet.
         msg = await stored_verdict(self.js, wf_id)
@@ -231,26 +263,21 @@ class StatusApi:
 
     async def _fold_from_stream(self, wf_id: str) -> bytes:
         # Not projected yet (the projection lags by milliseconds): fold the stream directly.
-        if await last_event(self.js, f"wf.evt.{wf_id}.submitted") is None:
+        status = await fold_history(self.js, wf_id)
+        if status is None:
             raise ApiError(404, f"unknown id {wf_id!r}")
-        events = [event_decoder.decode(m.data) for m in await read_history(self.js, wf_id)]
-        first = events[0]
-        assert isinstance(first, Submitted)
-        status = fold.new_status(first)
-        for ev in events:
-            fold.apply(status, ev)
-        return encoder.encode(status)
+        return encode_status(status, self.nc.max_payload)[0]
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, "wf-status")
     js = nc.jetstream()
     kv = await when_ready(lambda: js.key_value(STATUS_BUCKET), stop, what=STATUS_BUCKET)
-    api = StatusApi(js, kv)
+    api = StatusApi(nc, kv)
     service = await start_micro(nc, "wf-status", VERSION, "status projection and queries")
     endpoint = ConcurrentEndpoint("status", api.status, settings.max_in_flight)
     await endpoint.register(service, "wf.api.status")
-    projection = Projection(js, kv)
+    projection = Projection(nc, kv)
     flusher = asyncio.create_task(flush_periodically(projection, stop))
     sub = await bind_durable(js, EVENTS_STREAM, STATUS_CONSUMER, stop)
     async for batch in fetch_batches(sub, BATCH, stop):
