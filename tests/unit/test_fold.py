@@ -116,3 +116,33 @@ def test_a_retried_attempt_shows_its_error_until_the_job_ends():
     for order in ([retry, done], [done, retry]):
         status = fold([*base, *order])
         assert (status.blocks[0].jobs[0].status, status.blocks[0].jobs[0].error) == ("completed", "")
+
+
+def test_a_status_too_large_for_one_message_is_written_as_a_summary_that_counts_jobs():
+    import json
+
+    from schemas import StoredReq, omits_jobs
+    from services.status.service import encode_status
+    from services.common.workreqs import HEADROOM
+    from wf.render import render, summary_line
+
+    status = fold(history(fail_job=True))
+    full, size = encode_status(status, max_payload=10 * 1024 * 1024)
+    assert full == encoder.encode(status) and size == len(full) and not omits_jobs(full)
+
+    small, size_again = encode_status(status, max_payload=HEADROOM + len(full) - 1)  # one byte short
+    assert size_again == len(full) and omits_jobs(small)
+    summary = json.loads(small)
+    assert summary["jobs_omitted"] is True and summary["status"] == status.status == "failed"
+    assert [b["jobs"] for b in summary["blocks"]] == [[], []]
+    assert [b["job_counts"] for b in summary["blocks"]] == [
+        {"not_started": 0, "running": 0, "completed": 1, "failed": 1},
+        {"not_started": 0, "running": 0, "completed": 1, "failed": 0},
+    ]
+    view = render(summary)  # the counts, as from a full StatusResp (a failed job is done too)
+    assert "2/2 done, 1 failed" in view and "1/1 done" in view and "counts only" in view
+    assert summary_line(summary).endswith("jobs 3/3 done, 1 failed") and summary_line(summary) == summary_line(
+        json.loads(full))
+    # the name travels with a stored WorkReq, so a submitted event without one still names it
+    stored = Submitted(id="W", at=0, req_stored=StoredReq(bucket="b", object="W", bytes=1, sha256="x", workreq="N"))
+    assert stored.workreq_name == "N" == Submitted(id="W", at=0, req=REQ).workreq_name
