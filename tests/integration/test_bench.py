@@ -17,7 +17,8 @@ def test_the_quick_benchmark_reports_every_figure():
     assert result["quick"] is True
     assert result["throughput_big"]["jobs"] == 2000 and result["throughput_big"]["jobs_per_s"]["median"] > 0
     assert result["throughput_small"]["jobs_per_s"]["min"] > 0
-    for figure in ("submit_latency_ms", "exec_to_first_job_ms", "emergency_stop_ms"):
+    for figure in ("submit_latency_ms", "exec_to_first_job_ms", "emergency_stop_ms", "projection_lag_ms",
+                   "projection_lag_seen_by_client_ms"):
         assert 0 < result[figure]["p50"]["median"] <= result[figure]["p99"]["max"], figure
     assert result["projection_lag_ms"]["samples"] > 0
     assert set(result["peak_rss_mb"]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner"}

@@ -52,6 +52,16 @@ async def test_hundreds_of_bad_messages_change_nothing_and_everything_keeps_work
                 codes[err.code] = codes.get(err.code, 0) + 1
                 assert err.code in ANSWERS, (subject, body[:80], err)
     assert sum(codes.values()) >= 350, codes  # nearly all were refused, each with a clear code
+    # uploads in parts: hostile ids and part numbers, mutated parts, submits of what was (not) uploaded
+    for body in mutations(rng, valid, 60):
+        upload = rng.choice(["u1", "fuzz-2", "", "../x", "a" * 65, "*", "wf.evt.>"])
+        headers = {"Wf-Upload": upload, "Wf-Upload-Part": rng.choice(["0", "1", "-1", "x", "4096", "", "9" * 30])}
+        for subject, sent in (("wf.api.upload", body), ("wf.api.submit", b"")):
+            try:
+                await client.call(nc, subject, sent, timeout_s=5, headers=headers)
+            except WfError as err:
+                assert err.code in ANSWERS, (subject, headers, sent[:80], err)
+            headers = {"Wf-Upload": upload, "Wf-Upload-Parts": rng.choice(["1", "2", "0", "x", "4097"])}
     assert await ping_services(nc, wait_s=1.0) == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     reply = await client.submit(nc, valid)
     await client.execute(nc, reply["id"])

@@ -198,7 +198,7 @@ async def _no_lease(leases, wf_id):
 async def test_recipe_services(nc):
     assert await ping_services(nc, wait_s=1.0) == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     info = json.loads((await nc.request("$SRV.INFO.wf-intake", b"", timeout=2)).data)
-    assert info["version"] and {e["subject"] for e in info["endpoints"]} == {"wf.api.submit", "wf.api.exec", "wf.api.cancel"}
+    assert info["version"] and {e["subject"] for e in info["endpoints"]} == {"wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload"}
     await client.submit(nc, SLEEP)
     stats = json.loads((await nc.request("$SRV.STATS.wf-intake", b"", timeout=2)).data)
     submit = next(e for e in stats["endpoints"] if e["name"] == "submit")
