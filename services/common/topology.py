@@ -31,6 +31,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600.0
 WORKREQ_BUCKET = "wf_workreqs"
 UPLOADS_BUCKET = "wf_uploads"
 UPLOAD_TTL_S = 3600.0
+UPLOADS_MAX_BYTES = 1024**3  # all uploads in progress together; past it, a new part gets 503
 
 POLICY_CONSUMER = "policy"
 EXECUTOR_CONSUMER = "executor"
@@ -108,5 +109,6 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     # keys expire a day after they were written: a retried submit maps to its workflow for 24 hours
     await js.create_key_value(bucket=IDEMPOTENCY_BUCKET, history=1, direct=True, replicas=replicas,
                               ttl=IDEMPOTENCY_TTL_S)
-    await js.create_key_value(bucket=UPLOADS_BUCKET, history=1, direct=True, replicas=replicas, ttl=UPLOAD_TTL_S)
+    await js.create_key_value(bucket=UPLOADS_BUCKET, history=1, direct=True, replicas=replicas, ttl=UPLOAD_TTL_S,
+                              max_bytes=UPLOADS_MAX_BYTES)
     await js.create_object_store(WORKREQ_BUCKET, ObjectStoreConfig(replicas=replicas))

@@ -50,7 +50,7 @@ from services.common.ids import new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET, UPLOADS_BUCKET
-from services.common.workreqs import fits, store
+from services.common.workreqs import HEADROOM, fits, store
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 from .limits import Limits, check_limits
@@ -68,8 +68,9 @@ class Uploads:
     """WorkReqs sent in parts (each below the server's max payload) to `wf.api.upload`, kept in KV
     `wf_uploads` for an hour: `upload.part` -> bytes. Re-sending a part overwrites it (idempotent)."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, nc: Client) -> None:
         self.kv = kv
+        self.nc = nc
 
     @staticmethod
     def _upload_id(headers: dict[str, str]) -> str:
@@ -94,6 +95,9 @@ class Uploads:
         part = self._count(headers, PART_HEADER, 0)
         if not request.data:
             raise ApiError(400, f"part {part} of upload {upload} is empty")
+        if not fits(self.nc.max_payload, len(request.data)):  # it must fit in KV with its headers
+            raise ApiError(413, f"part {part} is {len(request.data)} bytes; parts may have at most "
+                                f"{self.nc.max_payload - HEADROOM} (the server's max payload less {HEADROOM})")
         try:
             await self.kv.put(f"{upload}.{part}", request.data)
         except (TimeoutError, nats.errors.Error) as exc:
@@ -114,10 +118,12 @@ class Uploads:
                 raise ApiError(503, f"could not read upload {upload}: {exc!r}") from None
             return entry.value or b""
 
-        parts = await asyncio.gather(*(part(i) for i in range(count)))
-        size = sum(len(p) for p in parts)
-        if size > max_bytes:
-            raise ApiError(413, f"the uploaded WorkReq is {size} bytes, over the limit of {max_bytes} (WF_MAX_REQUEST_BYTES)")
+        parts: list[bytes] = []
+        for first in range(0, count, 16):  # 16 at a time, stopping as soon as the total is over the limit
+            parts += await asyncio.gather(*(part(i) for i in range(first, min(count, first + 16))))
+            size = sum(len(p) for p in parts)
+            if size > max_bytes:
+                raise ApiError(413, f"the uploaded WorkReq is larger than the limit of {max_bytes} bytes (WF_MAX_REQUEST_BYTES)")
         return b"".join(parts)
 
 
@@ -378,7 +384,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     es_task = asyncio.create_task(es.follow(es_kv, stop))
     await es.ready.wait()
     idem_kv = await when_ready(lambda: js.key_value(IDEMPOTENCY_BUCKET), stop, what=IDEMPOTENCY_BUCKET)
-    uploads = Uploads(await when_ready(lambda: js.key_value(UPLOADS_BUCKET), stop, what=UPLOADS_BUCKET))
+    uploads = Uploads(await when_ready(lambda: js.key_value(UPLOADS_BUCKET), stop, what=UPLOADS_BUCKET), nc)
     intake = Intake(nc, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv),
                     uploads)
     service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests")

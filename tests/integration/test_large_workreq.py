@@ -115,6 +115,9 @@ async def test_an_uploaded_submit_is_idempotent_and_a_missing_part_is_a_clear_40
             with pytest.raises(client.WfError) as err:
                 await client.call(nc, "wf.api.upload", b"{}", headers=bad)
             assert err.value.code == 400
+        with pytest.raises(client.WfError) as err:  # a part that leaves no room for KV's headers
+            await client.call(nc, "wf.api.upload", b"x" * (MAX_PAYLOAD - 1024), headers={"Wf-Upload": "ok", "Wf-Upload-Part": "0"})
+        assert err.value.code == 413 and "parts may have at most" in err.value.message
         with pytest.raises(client.WfError) as err:  # an upload and a body at once
             await client.call(nc, "wf.api.submit", b"{}", headers={"Wf-Upload": "ok", "Wf-Upload-Parts": "1"})
         assert err.value.code == 400 and "empty body" in err.value.message
@@ -129,6 +132,6 @@ async def test_a_workreq_over_the_request_limit_is_refused_413_after_its_upload(
         assert len(body) > 1024 * 1024
         with pytest.raises(client.WfError) as err:
             await client.submit(nc, body)
-        assert err.value.code == 413 and "over the limit of 1048576 (WF_MAX_REQUEST_BYTES)" in err.value.message
+        assert err.value.code == 413 and "limit of 1048576 bytes (WF_MAX_REQUEST_BYTES)" in err.value.message
     finally:
         await nc.close()
