@@ -42,6 +42,7 @@ BATCH = 256
 MIN_WRITE_INTERVAL_S = 0.05
 WRITE_BYTES_PER_S = 20_000_000
 MAX_UNWRITTEN_EVENTS = 5_000
+WRITES_AT_ONCE = 64
 REBUILD_TIMEOUT_S = 300.0  # reading a large workflow's whole history back from WF_EVENTS
 
 
@@ -96,6 +97,9 @@ class Projection:
         self.js = nc.jetstream()
         self.kv = kv
         self.entries: OrderedDict[str, Entry] = OrderedDict()
+        # the workflows with events not yet written, oldest first: each flush looks at these only,
+        # not at every workflow in memory (up to CACHE_SIZE approved ones may wait for their exec)
+        self.unwritten: dict[str, None] = {}
         self.lock = asyncio.Lock()
 
     async def _load(self, wf_id: str) -> tuple[StatusResp | None, int]:
@@ -120,15 +124,21 @@ class Projection:
     async def _entry(self, wf_id: str, first: Event) -> Entry | None:
         entry = self.entries.get(wf_id)
         if entry is None:
-            status, revision = await self._load(wf_id)
-            if status is None:
-                if isinstance(first, Submitted):
-                    status = fold.new_status(await resolved(self.js, first))  # type: ignore[arg-type]
-                else:
-                    status = await self._seed(wf_id)
+            if isinstance(first, Submitted):
+                # A new workflow, no look-up: its KV entry is written with create, so if one exists
+                # after all (a redelivery, another replica) the write conflicts and reloads it. Its first
+                # write waits for the verdict, which usually follows within milliseconds (one write
+                # instead of two), or for the write interval.
+                status = fold.new_status(await resolved(self.js, first))  # type: ignore[arg-type]
+                entry = Entry(status, 0, last_write=time.monotonic())
+            else:
+                status, revision = await self._load(wf_id)
                 if status is None:
-                    return None
-            entry = self.entries[wf_id] = Entry(status, revision, urgent=revision == 0)
+                    status = await self._seed(wf_id)
+                    if status is None:
+                        return None
+                entry = Entry(status, revision, urgent=revision == 0)
+            self.entries[wf_id] = entry
         self.entries.move_to_end(wf_id)
         return entry
 
@@ -145,6 +155,7 @@ class Projection:
         if changed or entry.revision == 0:
             entry.events.extend(ev for _, ev in items)
             entry.msgs.extend(msg for msg, _ in items)
+            self.unwritten[wf_id] = None
         else:  # nothing new (duplicates): nothing to write
             for msg, _ in items:
                 await msg.ack()
@@ -152,14 +163,37 @@ class Projection:
 
     async def flush_due(self) -> None:
         now = time.monotonic()
-        for wf_id, entry in list(self.entries.items()):
-            if entry.due(now):
-                await self._write(wf_id, entry)
+        due: list[tuple[str, Entry]] = []
+        for wf_id in list(self.unwritten):
+            entry = self.entries.get(wf_id)
+            if entry is None or not entry.events:
+                del self.unwritten[wf_id]
+            elif entry.due(now):
+                due.append((wf_id, entry))
+        # Written concurrently, WRITES_AT_ONCE at a time: their requests (and then their acks) leave
+        # in one socket write rather than one round trip after another.
+        for first in range(0, len(due), WRITES_AT_ONCE):
+            batch = due[first:first + WRITES_AT_ONCE]
+            results = await asyncio.gather(*(self._write(wf_id, entry) for wf_id, entry in batch),
+                                           return_exceptions=True)
+            for (wf_id, entry), result in zip(batch, results):
+                if isinstance(result, BaseException):
+                    raise result
+                del self.unwritten[wf_id]
                 if entry.status.status in ("completed", "failed"):
                     # ended: it rarely changes again (a late event reloads it from KV); memory stays
                     # proportional to the workflows still running, not to all recent ones
                     del self.entries[wf_id]
         self._evict()
+
+    def forget(self, wf_id: str | None = None) -> None:
+        """Drop one workflow's unwritten state (None: every workflow's); it is reloaded from KV."""
+        if wf_id is None:
+            self.entries.clear()
+            self.unwritten.clear()
+        else:
+            self.entries.pop(wf_id, None)
+            self.unwritten.pop(wf_id, None)
 
     async def _write(self, wf_id: str, entry: Entry) -> None:
         started = time.perf_counter()
@@ -190,6 +224,8 @@ class Projection:
 
     def _evict(self) -> None:
         """Forget the oldest workflows with nothing unwritten, beyond CACHE_SIZE."""
+        if len(self.entries) <= CACHE_SIZE:
+            return
         for wf_id in list(self.entries):
             if len(self.entries) <= CACHE_SIZE:
                 return
@@ -214,7 +250,7 @@ async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:
                         await msg.term()
             except Exception:  # the boundary: leave un-acked for redelivery
                 log.exception("projection_fold_failed", workflow_id=wf_id)
-                projection.entries.pop(wf_id, None)
+                projection.forget(wf_id)
         await flush_guarded(projection)
 
 
@@ -223,7 +259,7 @@ async def flush_guarded(projection: Projection) -> None:
         await projection.flush_due()
     except Exception:  # the boundary: un-acked events are redelivered; start from KV again
         log.exception("projection_write_failed")
-        projection.entries.clear()
+        projection.forget()
 
 
 async def flush_periodically(projection: Projection, stop: asyncio.Event) -> None:
