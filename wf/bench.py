@@ -88,10 +88,21 @@ def workflow_status(value: bytes | None) -> str:
 
 
 class Bench:
-    def __init__(self, nc: Client, sizes: Sizes) -> None:
+    def __init__(self, nc: Client, sizes: Sizes, root_pid: int | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.sizes = sizes
+        self.root_pid = root_pid
+        self.cpu_per_job: list[dict[str, float]] = []  # ms of CPU per job, by process, one per big run
+        self.cpu_per_submit: list[dict[str, float]] = []
+
+    def _cpu_now(self) -> dict[str, float]:
+        seconds = cpu_seconds(self.root_pid) if self.root_pid is not None else {}
+        return {**seconds, "bench (client)": time.process_time()}
+
+    @staticmethod
+    def _cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+        return {name: round((after[name] - before.get(name, 0.0)) * 1000 / count, 3) for name in after}
 
     async def approved(self, body: bytes) -> str:
         reply = await client.submit(self.nc, body)
@@ -118,7 +129,10 @@ class Bench:
 
     async def throughput_big(self) -> float:
         blocks, per_block, rate = self.sizes.big
-        return blocks * per_block / await self.run_to_end(workreq(blocks, per_block, rate))
+        before = self._cpu_now()
+        seconds = await self.run_to_end(workreq(blocks, per_block, rate))
+        self.cpu_per_job.append(self._cpu_ms_per(before, self._cpu_now(), blocks * per_block))
+        return blocks * per_block / seconds
 
     async def throughput_small(self) -> float:
         count, jobs = self.sizes.small
@@ -153,7 +167,9 @@ class Bench:
                 await client.submit(self.nc, body)
                 latencies.append((time.perf_counter() - started) * 1000)
 
+        before = self._cpu_now()
         await asyncio.gather(*(one_client() for _ in range(self.sizes.submit_clients)))
+        self.cpu_per_submit.append(self._cpu_ms_per(before, self._cpu_now(), len(latencies)))
         return latencies
 
     async def exec_to_first_job(self) -> list[float]:
@@ -243,12 +259,15 @@ class Bench:
         return list(ended.values())
 
     async def scaling(self) -> dict[str, float]:
-        """Milliseconds of pipeline time per job, for one workflow of each size (blocks of 1,000)."""
+        """Milliseconds of pipeline time per job, for one workflow of each size (blocks of 1,000): the
+        median of `runs` workflows for every size but the largest (a 1,000-job workflow lasts a few
+        tenths of a second, so one run of it varies by half), one workflow of the largest."""
         costs = {}
         for jobs in self.sizes.scaling:
             per_block = min(jobs, 1000)
-            seconds = await self.run_to_end(workreq(jobs // per_block, per_block, 200))
-            costs[str(jobs)] = round(seconds / jobs * 1000, 3)
+            runs = 1 if jobs == max(self.sizes.scaling) else self.sizes.runs
+            seconds = [await self.run_to_end(workreq(jobs // per_block, per_block, 200)) for _ in range(runs)]
+            costs[str(jobs)] = round(statistics.median(seconds) / jobs * 1000, 3)
         return costs
 
     async def bus_ceiling(self) -> dict[str, float]:
@@ -281,9 +300,9 @@ PUBLISHES_PER_JOB = 3  # the command (executor), started and completed (runner)
 DELIVERIES_PER_JOB = 7  # command to a runner (+ack), 2 events to the executor, 2 events to wf-status (+acks)
 
 
-def peak_rss_mb(root_pid: int) -> dict[str, float]:
-    """Peak resident memory (VmHWM) of each service process under `wf up`, by service name."""
-    peaks: dict[str, float] = {}
+def _children(root_pid: int) -> list[tuple[str, str, str]]:
+    """(name, /proc status, /proc stat) of each process `wf up` started: its services and nats-server."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -297,10 +316,35 @@ def peak_rss_mb(root_pid: int) -> dict[str, float]:
             continue
         module = next((part.decode() for part in cmdline if part.startswith(b"services.")), None)
         name = f"wf-{module.split('.')[1]}" if module else ("nats-server" if b"nats-server" in cmdline[0] else None)
+        if name:
+            found.append((name, status, stat))
+    return found
+
+
+def peak_rss_mb(root_pid: int) -> dict[str, float]:
+    """Peak resident memory (VmHWM) of each service process under `wf up`, by service name."""
+    peaks: dict[str, float] = {}
+    for name, status, _ in _children(root_pid):
         hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
-        if name and hwm:
+        if hwm:
             peaks[name] = max(peaks.get(name, 0.0), round(int(hwm.split()[1]) / 1024, 1))
     return peaks
+
+
+def cpu_seconds(root_pid: int) -> dict[str, float]:
+    """CPU time (user + system) used so far by each service (its replicas together) and nats-server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name, _, stat in _children(root_pid):
+        fields = stat.rsplit(")", 1)[1].split()
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def _median_by_process(samples: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({name for sample in samples for name in sample})
+    per = {name: round(statistics.median(sample.get(name, 0.0) for sample in samples), 3) for name in names}
+    return {**per, "total": round(sum(per.values()), 3)}
 
 
 class System:
@@ -339,7 +383,7 @@ async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "")
     system = System(sync)
     try:
         nc = await nats.connect(await system.ready())
-        bench = Bench(nc, sizes)
+        bench = Bench(nc, sizes, system.proc.pid)
         try:
             progress("bus ceiling")
             ceiling = await bench.bus_ceiling()
@@ -384,6 +428,9 @@ async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "")
         "emergency_stop_ms": {"workflows": sizes.es_workflows, "p50": spread([pct(r, 50) for r in stops]),
                               "p99": spread([pct(r, 99) for r in stops])},
         "peak_rss_mb": rss,
+        # CPU time of each process per job of the big workflow, and per submit (medians of the runs)
+        "cpu_ms_per_job": _median_by_process(bench.cpu_per_job),
+        "cpu_ms_per_submit": _median_by_process(bench.cpu_per_submit),
         "scaling_ms_per_job": {**scaling, "ratio": round(scaling[largest] / scaling[smallest], 2)},
         # one connection's rates bound a pipeline that would run on one connection; ours spreads
         # the bus work over several processes, so the ratio can pass 1
@@ -416,6 +463,8 @@ def report(result: dict[str, Any]) -> str:
         "  scaling, ms per job: " + ", ".join(f"{k} jobs {v}" for k, v in r["scaling_ms_per_job"].items() if k != "ratio")
         + f" (ratio largest/smallest {r['scaling_ms_per_job']['ratio']})",
         "  peak RSS: " + ", ".join(f"{k} {v} MB" for k, v in sorted(r["peak_rss_mb"].items())),
+        "  CPU ms per job (big workflow): " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_job"].items()),
+        "  CPU ms per submit: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_submit"].items()),
         f"  bus ceiling here: publish_async {r['bus']['publish_async_per_s']}/s, fetch+ack {r['bus']['fetch_ack_per_s']}/s; "
         f"a job costs {r['bus']['publishes_per_job']} publishes + {r['bus']['deliveries_per_job']} deliveries, so one "
         f"connection could carry {r['bus']['one_connection_jobs_per_s']} jobs/s; the pipeline (several processes) reached "

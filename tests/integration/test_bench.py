@@ -22,6 +22,10 @@ def test_the_quick_benchmark_reports_every_figure():
         assert 0 < result[figure]["p50"]["median"] <= result[figure]["p99"]["max"], figure
     assert result["projection_lag_ms"]["samples"] > 0
     assert set(result["peak_rss_mb"]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner"}
+    for figure in ("cpu_ms_per_job", "cpu_ms_per_submit"):  # every process's share, summed
+        assert set(result[figure]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner",
+                                        "nats-server", "bench (client)", "total"}, figure
+        assert result[figure]["total"] > 0
     assert set(result["scaling_ms_per_job"]) == {"1000", "5000", "ratio"}
     assert result["bus"]["publish_async_per_s"] > 0 and result["bus"]["fetch_ack_per_s"] > 0
     assert result["bus"]["one_connection_jobs_per_s"] > 0 and result["bus"]["pipeline_vs_one_connection"] > 0
