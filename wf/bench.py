@@ -258,17 +258,24 @@ class Bench:
         await asyncio.sleep(0.2)  # let every service see `go` again before the next measurement
         return list(ended.values())
 
-    async def scaling(self) -> dict[str, float]:
-        """Milliseconds of pipeline time per job, for one workflow of each size (blocks of 1,000): the
-        median of `runs` workflows for every size but the largest (a 1,000-job workflow lasts a few
-        tenths of a second, so one run of it varies by half), one workflow of the largest."""
-        costs = {}
+    async def scaling(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Per job, for one workflow of each size (blocks of 1,000): milliseconds of pipeline time, and
+        milliseconds of CPU of the whole system (every service and nats-server). The median of `runs`
+        workflows for every size but the largest (a 1,000-job workflow lasts a few tenths of a second,
+        so one run of it varies by half), one workflow of the largest."""
+        costs, cpu = {}, {}
         for jobs in self.sizes.scaling:
             per_block = min(jobs, 1000)
             runs = 1 if jobs == max(self.sizes.scaling) else self.sizes.runs
-            seconds = [await self.run_to_end(workreq(jobs // per_block, per_block, 200)) for _ in range(runs)]
+            seconds, cpu_s = [], []
+            for _ in range(runs):
+                before = self._cpu_now()
+                seconds.append(await self.run_to_end(workreq(jobs // per_block, per_block, 200)))
+                after = self._cpu_now()
+                cpu_s.append(sum(after[k] - before.get(k, 0.0) for k in after if k != "bench (client)"))
             costs[str(jobs)] = round(statistics.median(seconds) / jobs * 1000, 3)
-        return costs
+            cpu[str(jobs)] = round(statistics.median(cpu_s) / jobs * 1000, 3)
+        return costs, cpu
 
     async def bus_ceiling(self) -> dict[str, float]:
         """The bus's own rates on this machine, in the same run: publish with ack, consume and ack."""
@@ -400,7 +407,7 @@ async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "")
             progress("emergency stop")
             stops = [await bench.emergency_stop() for _ in range(sizes.runs)]
             progress("scaling")
-            scaling = await bench.scaling()
+            scaling, scaling_cpu = await bench.scaling()
             rss = peak_rss_mb(system.proc.pid)
         finally:
             await nc.close()
@@ -432,6 +439,7 @@ async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "")
         "cpu_ms_per_job": _median_by_process(bench.cpu_per_job),
         "cpu_ms_per_submit": _median_by_process(bench.cpu_per_submit),
         "scaling_ms_per_job": {**scaling, "ratio": round(scaling[largest] / scaling[smallest], 2)},
+        "scaling_cpu_ms_per_job": {**scaling_cpu, "ratio": round(scaling_cpu[largest] / scaling_cpu[smallest], 2)},
         # one connection's rates bound a pipeline that would run on one connection; ours spreads
         # the bus work over several processes, so the ratio can pass 1
         "bus": {**ceiling, "publishes_per_job": PUBLISHES_PER_JOB, "deliveries_per_job": DELIVERIES_PER_JOB,
@@ -461,7 +469,9 @@ def report(result: dict[str, Any]) -> str:
         f"  emergency stop, {r['emergency_stop_ms']['workflows']} workflows running: p50 {mr(r['emergency_stop_ms']['p50'], ' ms')}, "
         f"p99 {mr(r['emergency_stop_ms']['p99'], ' ms')}",
         "  scaling, ms per job: " + ", ".join(f"{k} jobs {v}" for k, v in r["scaling_ms_per_job"].items() if k != "ratio")
-        + f" (ratio largest/smallest {r['scaling_ms_per_job']['ratio']})",
+        + f" (ratio largest/smallest {r['scaling_ms_per_job']['ratio']}); CPU ms per job: "
+        + ", ".join(f"{k} jobs {v}" for k, v in r["scaling_cpu_ms_per_job"].items() if k != "ratio")
+        + f" (ratio {r['scaling_cpu_ms_per_job']['ratio']})",
         "  peak RSS: " + ", ".join(f"{k} {v} MB" for k, v in sorted(r["peak_rss_mb"].items())),
         "  CPU ms per job (big workflow): " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_job"].items()),
         "  CPU ms per submit: " + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_submit"].items()),

@@ -26,6 +26,7 @@ def test_the_quick_benchmark_reports_every_figure():
         assert set(result[figure]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner",
                                         "nats-server", "bench (client)", "total"}, figure
         assert result[figure]["total"] > 0
-    assert set(result["scaling_ms_per_job"]) == {"1000", "5000", "ratio"}
+    assert set(result["scaling_ms_per_job"]) == set(result["scaling_cpu_ms_per_job"]) == {"1000", "5000", "ratio"}
+    assert result["scaling_cpu_ms_per_job"]["5000"] > 0
     assert result["bus"]["publish_async_per_s"] > 0 and result["bus"]["fetch_ack_per_s"] > 0
     assert result["bus"]["one_connection_jobs_per_s"] > 0 and result["bus"]["pipeline_vs_one_connection"] > 0
