@@ -160,8 +160,12 @@ async def test_a_forged_command_in_the_work_queue_is_refused_and_recorded(system
         for cmd in forgeries:  # neither ran: no `started` event
             with pytest.raises(nats.js.errors.NotFoundError):
                 await js.get_last_msg("WF_EVENTS", f"wf.evt.{cmd.id}.job.0.0.started")
-        info = await js.consumer_info("WF_JOBS", "jobrunner")
-        assert info.num_ack_pending == 0 and info.num_pending == 0, "terminated, not retried"
+        async def all_terminated():  # the malformed one too (a command left un-acked would stay pending)
+            info = await js.consumer_info("WF_JOBS", "jobrunner")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(all_terminated, what="all three commands terminated, not retried")
+        assert "bad_message_terminated" in system.log_path.read_text()
     finally:
         await admin.close()
 
