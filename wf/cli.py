@@ -19,7 +19,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from services.common.bus import tls_context
+from services.common.bus import server_urls, tls_context
 from services.common.es_seed import seed_emergency_stops
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
@@ -47,7 +47,8 @@ def _fail(message: str, code: int = 1) -> int:
 async def _connect(args: argparse.Namespace, role: str = "client") -> Client:
     url = client.nats_url(Path(args.data_dir), role)
     try:
-        return await nats.connect([u.strip() for u in url.split(",")], name="wf-cli", allow_reconnect=False, connect_timeout=3, tls=tls_context())
+        return await nats.connect(server_urls(url), name="wf-cli", allow_reconnect=False, connect_timeout=3,
+                                  tls=tls_context())
     except (nats.errors.NoServersError, OSError) as exc:
         raise SystemExit(f"wf: cannot reach NATS at {url} ({exc}); is `wf up` running? (WF_NATS_URL, --data-dir)") from None
 

@@ -93,6 +93,11 @@ def tls_context() -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of a `WF_NATS_URL`: one URL, or several comma-separated (a cluster)."""
+    return [u.strip() for u in url.split(",")]
+
+
 async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> Client:
     """Connect, retrying until the deadline; once connected, reconnect forever (to any server of a
     cluster: `url` may list several, comma-separated, and the cluster announces the others)."""
@@ -111,7 +116,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> C
     while True:
         try:
             return await nats.connect(
-                [u.strip() for u in url.split(",")],  # a cluster: several URLs, comma-separated
+                server_urls(url),
                 name=name,
                 tls=tls_context(),
                 max_reconnect_attempts=-1,

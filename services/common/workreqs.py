@@ -18,12 +18,14 @@ import base64
 import hashlib
 import io
 
+import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectMetaOptions
 
-from schemas import Event, StoredReq, Submitted, WorkReq, workreq_decoder
+from schemas import Event, StoredReq, Submitted, WorkReq, event_decoder, workreq_decoder
 
+from .bus import last_event
 from .topology import WORKREQ_BUCKET
 
 # Room left in a message for its headers (KV and JetStream add their own) and the event's envelope.
@@ -81,5 +83,13 @@ async def load(js: JetStreamContext, ev: Submitted) -> WorkReq:
 async def resolved(js: JetStreamContext, ev: Event) -> Event:
     """The event, with a `submitted` event's stored WorkReq fetched into it."""
     if isinstance(ev, Submitted) and ev.req is None:
-        return Submitted(id=ev.id, at=ev.at, req=await load(js, ev), req_stored=ev.req_stored)
+        return msgspec.structs.replace(ev, req=await load(js, ev))
     return ev
+
+
+async def submitted(js: JetStreamContext, wf_id: str) -> Submitted | None:
+    """The workflow's `submitted` event with its WorkReq at hand; None if it was never submitted.
+    Raises StoredReqMissing when its stored WorkReq is gone."""
+    msg = await last_event(js, f"wf.evt.{wf_id}.submitted")
+    ev = event_decoder.decode(msg.data) if msg is not None else None
+    return await resolved(js, ev) if isinstance(ev, Submitted) else None  # type: ignore[return-value]

@@ -25,7 +25,6 @@ import nats.micro
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
@@ -119,9 +118,11 @@ class Uploads:
             return entry.value or b""
 
         parts: list[bytes] = []
+        size = 0
         for first in range(0, count, 16):  # 16 at a time, stopping as soon as the total is over the limit
-            parts += await asyncio.gather(*(part(i) for i in range(first, min(count, first + 16))))
-            size = sum(len(p) for p in parts)
+            group = await asyncio.gather(*(part(i) for i in range(first, min(count, first + 16))))
+            parts += group
+            size += sum(len(p) for p in group)
             if size > max_bytes:
                 raise ApiError(413, f"the uploaded WorkReq is larger than the limit of {max_bytes} bytes (WF_MAX_REQUEST_BYTES)")
         return b"".join(parts)

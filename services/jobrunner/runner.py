@@ -29,7 +29,6 @@ from schemas import (
     JobCompleted,
     JobFailed,
     JobStarted,
-    Submitted,
     WorkflowEnded,
     WorkReq,
     command_decoder,
@@ -218,12 +217,9 @@ class JobRunner:
             if msg is not None:
                 ev = event_decoder.decode(msg.data)
                 self.ended[wf_id] = STOP_REASONS.get(getattr(ev, "stopped_by", ""), f"the workflow ended {state}")
-        msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
-        ev = event_decoder.decode(msg.data) if msg is not None else None
-        if not isinstance(ev, Submitted):
-            return None
         try:
-            return await workreqs.load(self.js, ev)
+            ev = await workreqs.submitted(self.js, wf_id)
+            return ev.req if ev is not None else None
         except workreqs.StoredReqMissing:
             log.error("stored_workreq_missing", workflow_id=wf_id)
             return None

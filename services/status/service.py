@@ -28,7 +28,7 @@ from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.topology import EVENTS_STREAM, STATUS_BUCKET, STATUS_CONSUMER
-from services.common.workreqs import HEADROOM, resolved
+from services.common.workreqs import fits, resolved, submitted
 
 from . import fold
 
@@ -50,7 +50,7 @@ def encode_status(status: StatusResp, max_payload: int) -> tuple[bytes, int]:
     """The StatusResp's JSON, or its StatusSummary's when the whole would exceed the server's max
     payload (a workflow of very many jobs); and the whole's size, which paces its writes."""
     data = encoder.encode(status)
-    if len(data) <= max_payload - HEADROOM:
+    if fits(max_payload, len(data)):
         return data, len(data)
     return encoder.encode(summarise(status)), len(data)
 
@@ -115,11 +115,8 @@ class Projection:
 
     async def _seed(self, wf_id: str) -> StatusResp | None:
         """A workflow's first StatusResp, from its submitted event."""
-        msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
-        if msg is None:
-            return None
-        ev = await resolved(self.js, event_decoder.decode(msg.data))
-        return fold.new_status(ev) if isinstance(ev, Submitted) else None
+        ev = await submitted(self.js, wf_id)
+        return fold.new_status(ev) if ev is not None else None
 
     async def _entry(self, wf_id: str, first: Event) -> Entry | None:
         entry = self.entries.get(wf_id)
