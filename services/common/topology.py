@@ -45,6 +45,7 @@ DUPLICATE_WINDOW_S = 120.0
 EXECUTOR_ACK_WAIT_S = 6.0
 # A runner that dies mid-job leaves its command to be redelivered (and run again) after this long.
 RUNNER_ACK_WAIT_S = 10.0
+STATUS_ACK_WAIT_S = 30.0  # events a dead wf-status held come again after this
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -85,7 +86,7 @@ def consumer_configs() -> dict[str, list[ConsumerConfig]]:
         EVENTS_STREAM: [
             durable(POLICY_CONSUMER, "wf.evt.*.submitted", 30.0, 1000),
             durable(EXECUTOR_CONSUMER, "wf.evt.*.exec_requested", EXECUTOR_ACK_WAIT_S, 20000),
-            durable(STATUS_CONSUMER, "wf.evt.>", 30.0, 20000),
+            durable(STATUS_CONSUMER, "wf.evt.>", STATUS_ACK_WAIT_S, 20000),
         ],
         JOBS_STREAM: [
             durable(RUNNER_CONSUMER, "wf.cmd.job.>", RUNNER_ACK_WAIT_S, 20000),

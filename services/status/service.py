@@ -27,7 +27,7 @@ from services.common.bus import connect, decode_or_terminate, last_event, read_h
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.topology import EVENTS_STREAM, STATUS_BUCKET, STATUS_CONSUMER
+from services.common.topology import EVENTS_STREAM, STATUS_ACK_WAIT_S, STATUS_BUCKET, STATUS_CONSUMER
 from services.common.workreqs import fits, resolved, submitted
 
 from . import fold
@@ -44,6 +44,11 @@ WRITE_BYTES_PER_S = 20_000_000
 MAX_UNWRITTEN_EVENTS = 5_000
 WRITES_AT_ONCE = 64
 REBUILD_TIMEOUT_S = 300.0  # reading a large workflow's whole history back from WF_EVENTS
+# An ended workflow is forgotten once written (a late event reloads it from KV: one get), except one
+# written as a summary: its reload is a rebuild from the whole history, which once per batch of late
+# events or redeliveries (those come after the consumer's ack wait) would be quadratic. Such a one
+# stays in memory this long after its last write.
+ENDED_KEEP_S = 2 * STATUS_ACK_WAIT_S
 
 
 def encode_status(status: StatusResp, max_payload: int) -> tuple[bytes, int]:
@@ -77,6 +82,7 @@ class Entry:
     events: list[Event] = field(default_factory=list)  # folded in, not yet written
     msgs: list[Msg] = field(default_factory=list)  # to ack once written
     urgent: bool = False  # the head changed (new, verdict, started, ended): write now
+    rebuilt: bool = False  # folded from WF_EVENTS, newer than KV's summary: write even without change
     last_write: float = 0.0
     size: int = 0
 
@@ -100,18 +106,27 @@ class Projection:
         # the workflows with events not yet written, oldest first: each flush looks at these only,
         # not at every workflow in memory (up to CACHE_SIZE approved ones may wait for their exec)
         self.unwritten: dict[str, None] = {}
+        # the ended workflows kept in memory (written as summaries), with their last write, oldest first
+        self.ended: dict[str, float] = {}
         self.lock = asyncio.Lock()
 
-    async def _load(self, wf_id: str) -> tuple[StatusResp | None, int]:
+    async def _load(self, wf_id: str) -> tuple[StatusResp | None, int, bool]:
+        """What KV holds for the workflow: its StatusResp, revision, and whether that StatusResp was
+        rebuilt from WF_EVENTS (KV held a summary). A rebuilt one already has every event stored
+        so far, newer than KV's: it must be written even if no event folded in changes it."""
         try:
             entry = await self.kv.get(wf_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None, 0
+            return None, 0, False
         if not entry.value or entry.revision is None:
-            return None, 0
+            return None, 0, False
         if omits_jobs(entry.value):  # a summary (too many jobs for one message): fold the history again
-            return await fold_history(self.js, wf_id), entry.revision
-        return status_decoder.decode(entry.value), entry.revision
+            started = time.perf_counter()
+            status = await fold_history(self.js, wf_id)
+            log.info("status_rebuilt_from_history", workflow_id=wf_id,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            return status, entry.revision, True
+        return status_decoder.decode(entry.value), entry.revision, False
 
     async def _seed(self, wf_id: str) -> StatusResp | None:
         """A workflow's first StatusResp, from its submitted event."""
@@ -129,12 +144,12 @@ class Projection:
                 status = fold.new_status(await resolved(self.js, first))  # type: ignore[arg-type]
                 entry = Entry(status, 0, last_write=time.monotonic())
             else:
-                status, revision = await self._load(wf_id)
+                status, revision, rebuilt = await self._load(wf_id)
                 if status is None:
                     status = await self._seed(wf_id)
                     if status is None:
                         return None
-                entry = Entry(status, revision, urgent=revision == 0)
+                entry = Entry(status, revision, urgent=revision == 0 or rebuilt, rebuilt=rebuilt)
             self.entries[wf_id] = entry
         self.entries.move_to_end(wf_id)
         return entry
@@ -149,7 +164,7 @@ class Projection:
         for _, ev in items:
             changed = fold.apply(entry.status, ev) or changed
         entry.urgent = entry.urgent or _head(entry.status) != head
-        if changed or entry.revision == 0:
+        if changed or entry.revision == 0 or entry.rebuilt:
             entry.events.extend(ev for _, ev in items)
             entry.msgs.extend(msg for msg, _ in items)
             self.unwritten[wf_id] = None
@@ -178,19 +193,23 @@ class Projection:
                     raise result
                 del self.unwritten[wf_id]
                 if entry.status.status in ("completed", "failed"):
-                    # ended: it rarely changes again (a late event reloads it from KV); memory stays
-                    # proportional to the workflows still running, not to all recent ones
-                    del self.entries[wf_id]
-        self._evict()
+                    self.ended.pop(wf_id, None)
+                    if fits(self.nc.max_payload, entry.size):
+                        del self.entries[wf_id]
+                    else:
+                        self.ended[wf_id] = entry.last_write
+        self._evict(time.monotonic())
 
     def forget(self, wf_id: str | None = None) -> None:
         """Drop one workflow's unwritten state (None: every workflow's); it is reloaded from KV."""
         if wf_id is None:
             self.entries.clear()
             self.unwritten.clear()
+            self.ended.clear()
         else:
             self.entries.pop(wf_id, None)
             self.unwritten.pop(wf_id, None)
+            self.ended.pop(wf_id, None)
 
     async def _write(self, wf_id: str, entry: Entry) -> None:
         started = time.perf_counter()
@@ -205,7 +224,7 @@ class Projection:
                     break
                 except nats.js.errors.KeyWrongLastSequenceError:
                     # another writer won: take what it wrote and apply ours again (the fold is idempotent)
-                    stored, entry.revision = await self._load(wf_id)
+                    stored, entry.revision, _ = await self._load(wf_id)
                     if stored is not None:
                         entry.status = stored
                         for ev in entry.events:
@@ -216,11 +235,19 @@ class Projection:
                 await msg.ack()
             log.info("events_folded", count=len(entry.events), bytes=len(data), outcome="ok",
                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
-            entry.events, entry.msgs, entry.urgent = [], [], False
+            entry.events, entry.msgs, entry.urgent, entry.rebuilt = [], [], False, False
             entry.last_write, entry.size = time.monotonic(), size
 
-    def _evict(self) -> None:
-        """Forget the oldest workflows with nothing unwritten, beyond CACHE_SIZE."""
+    def _evict(self, now: float) -> None:
+        """Forget the summarised workflows ended more than ENDED_KEEP_S ago, then the oldest with
+        nothing unwritten beyond CACHE_SIZE: memory stays proportional to the workflows running."""
+        for wf_id, ended_at in list(self.ended.items()):
+            if now - ended_at < ENDED_KEEP_S:
+                break
+            del self.ended[wf_id]
+            entry = self.entries.get(wf_id)
+            if entry is not None and not entry.events:
+                del self.entries[wf_id]
         if len(self.entries) <= CACHE_SIZE:
             return
         for wf_id in list(self.entries):
@@ -228,6 +255,7 @@ class Projection:
                 return
             if not self.entries[wf_id].events:
                 del self.entries[wf_id]
+                self.ended.pop(wf_id, None)
 
 
 async def handle_batch(projection: Projection, msgs: list[Msg]) -> None:

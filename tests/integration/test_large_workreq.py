@@ -68,17 +68,35 @@ async def test_a_workreq_over_the_max_payload_is_approved_runs_and_reports(small
             return value["blocks"][0]["job_counts"]["completed"] > 0
 
         await eventually(some_done, 30, what="the first jobs completed")
+        # Frozen until the workflow has ended, then killed: its restart meets only events the
+        # history it rebuilds already holds, and must still write that newer status over KV's summary
         [status_pid] = processes(system.proc.pid)["status"]
-        os.kill(status_pid, signal.SIGKILL)
+        os.kill(status_pid, signal.SIGSTOP)
+        try:
+            async def workflow_ended():  # type: ignore[no-untyped-def]
+                return any([await last_event(js, f"wf.evt.{wf_id}.workflow.{end}") for end in ("completed", "failed")])
+
+            await eventually(workflow_ended, 60, what="the executor to end the workflow")
+        finally:
+            os.kill(status_pid, signal.SIGKILL)
+
+        seen: list[object] = ["nothing"]
 
         async def ended():  # type: ignore[no-untyped-def]
-            try:  # wf-status answers again once `wf up` has restarted it
-                status = await client.status(nc, wf_id)
-            except client.Unreachable:
+            try:  # wf-status answers again once `wf up` has restarted it (a request just after the
+                # kill may still have gone to the dead one: ask again soon)
+                status = await client.call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode(), timeout_s=2)
+            except client.Unreachable as err:
+                seen[0] = err
                 return None
+            seen[0] = {k: status[k] for k in ("status", "blocks") if k in status}
             return status if status["status"] in ("completed", "failed") else None
 
-        final = await eventually(ended, 120, what="the large workflow to end")
+        try:  # well within the 30 s after which events the killed process held are redelivered
+            final = await eventually(ended, 20, what="the large workflow's status to show it ended")
+        except BaseException:
+            print("last status seen:", seen[0], "\n--- wf up log ---\n", system.log_tail(40))
+            raise
         assert final["status"] == "completed" and not final["had_errors"], final
         assert final["jobs_omitted"] is True
         assert [b["job_counts"] for b in final["blocks"]] == [
@@ -86,6 +104,15 @@ async def test_a_workreq_over_the_max_payload_is_approved_runs_and_reports(small
         assert all(b["jobs"] == [] and b["status"] == "completed" for b in final["blocks"])
         stored_status = await kv.get(wf_id)
         assert len(stored_status.value) < MAX_PAYLOAD and json.loads(stored_status.value) == final
+
+        # the restart rebuilt the history once, not once per batch of the backlog it then consumed
+        async def backlog_consumed():  # type: ignore[no-untyped-def]
+            return (await js.consumer_info("WF_EVENTS", "status")).num_pending == 0
+
+        await eventually(backlog_consumed, 30, what="wf-status to consume its backlog")
+        rebuilds = [line for line in system.log_tail(10_000).splitlines()
+                    if "status_rebuilt_from_history" in line and wf_id in line]
+        assert len(rebuilds) == 1, rebuilds
 
         # every job ran, each exactly once: one `completed` per job in WF_EVENTS
         info = await js.stream_info("WF_EVENTS", subjects_filter=f"wf.evt.{wf_id}.job.*.*.completed")
