@@ -21,6 +21,7 @@ def test_the_quick_benchmark_reports_every_figure():
                    "projection_lag_seen_by_client_ms"):
         assert 0 < result[figure]["p50"]["median"] <= result[figure]["p99"]["max"], figure
     assert result["projection_lag_ms"]["samples"] > 0
+    assert result["submit_latency_ms"]["submits_per_s"]["min"] > 0
     assert set(result["peak_rss_mb"]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner"}
     for figure in ("cpu_ms_per_job", "cpu_ms_per_submit"):  # every process's share, summed
         assert set(result[figure]) >= {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner",
