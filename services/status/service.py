@@ -35,6 +35,7 @@ from . import fold
 log = structlog.get_logger()
 CACHE_SIZE = 2000
 BATCH = 256
+GATHER_S = 0.02  # after a short batch: fewer, fuller batches under load, for at most this much lag
 
 
 # A workflow's StatusResp is rewritten at most once per interval that grows with its size, so the
@@ -341,7 +342,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     projection = Projection(nc, kv)
     flusher = asyncio.create_task(flush_periodically(projection, stop))
     sub = await bind_durable(js, EVENTS_STREAM, STATUS_CONSUMER, stop)
-    async for batch in fetch_batches(sub, BATCH, stop):
+    async for batch in fetch_batches(sub, BATCH, stop, gather_s=GATHER_S):
         await handle_batch(projection, batch)
     await flusher
     await service.stop()
