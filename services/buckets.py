@@ -92,7 +92,8 @@ def refilled(state: BucketState, config: BucketConfig, now: float) -> BucketStat
 
 
 def seconds_to_next_token(state: BucketState, config: BucketConfig, now: float) -> float:
-    return 0.0 if state.tokens >= 1 else max(0.0, state.at + config.every_s - now)
+    """At most one interval: `at` later than `now` (another host's clock running ahead) waits no longer."""
+    return 0.0 if state.tokens >= 1 else min(config.every_s, max(0.0, state.at + config.every_s - now))
 
 
 _state_decoder = msgspec.json.Decoder(BucketState)
@@ -107,13 +108,16 @@ class BucketStore:
     async def take(self, name: str, config: BucketConfig) -> float:
         """Take one token: 0.0 when taken, else the seconds until the next one is due."""
         while True:
-            now = time.time()
             try:
                 entry = await self.kv.get(name)
                 revision = entry.revision or 0
-                state = _state_decoder.decode(entry.value) if entry.value else BucketState(config.size, now)
+                state = _state_decoder.decode(entry.value) if entry.value else None
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                revision, state = 0, BucketState(config.size, now)
+                revision, state = 0, None
+            # read after the state: a clock read before it could precede the `at` another taker
+            # wrote meanwhile, and the wait would come out longer than one interval
+            now = time.time()
+            state = state or BucketState(config.size, now)
             state = refilled(state, config, now)
             if state.tokens < 1:
                 return max(seconds_to_next_token(state, config, now), 0.001)

@@ -138,6 +138,14 @@ def test_refill_adds_whole_intervals_up_to_the_size():
     assert refilled(full, config, 500.0) == BucketState(3, 500.0)  # a full bucket banks no time
 
 
+def test_the_wait_for_a_token_is_never_longer_than_one_interval():
+    config = BucketConfig(size=1, refill=1, every="10s")
+    # `at` written by another taker whose clock reads 0.2 s ahead of this one's
+    ahead = BucketState(tokens=0, at=100.2)
+    assert refilled(ahead, config, 100.0) == ahead
+    assert seconds_to_next_token(ahead, config, 100.0) == 10.0
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
