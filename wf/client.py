@@ -14,7 +14,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from services.common.settings import DEFAULT_NATS_URL
-from services.common.workreqs import HEADROOM, fits
+from services.common.workreqs import fits, max_body
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -90,7 +90,7 @@ async def upload(nc: Client, workreq: bytes, attempts: int = SUBMIT_ATTEMPTS) ->
     """Send a WorkReq too large for one message to `wf.api.upload` in parts that fit; returns the
     headers a submit of it carries (with an empty body) instead of the WorkReq."""
     upload_id = uuid.uuid4().hex
-    size = max(1024, nc.max_payload - HEADROOM)
+    size = max(1024, max_body(nc.max_payload))
     parts = [workreq[i:i + size] for i in range(0, len(workreq), size)]
     for i, part in enumerate(parts):
         await _retrying(nc, "wf.api.upload", part, {"Wf-Upload": upload_id, "Wf-Upload-Part": str(i)}, attempts)

@@ -33,9 +33,14 @@ HEADROOM = 16 * 1024
 MAX_CHUNK = 128 * 1024  # the object store's own default chunk size
 
 
+def max_body(max_payload: int) -> int:
+    """The largest message body a server with this max payload takes, its headers given room."""
+    return max_payload - HEADROOM
+
+
 def fits(max_payload: int, size: int) -> bool:
     """Whether a message body of `size` bytes can be sent to a server with this max payload."""
-    return size <= max_payload - HEADROOM
+    return size <= max_body(max_payload)
 
 
 class StoredReqMissing(Exception):
@@ -55,7 +60,7 @@ async def store(js: JetStreamContext, wf_id: str, req_json: bytes, name: str, ma
             return ref  # the object store's own digest format
     except nats.js.errors.ObjectNotFoundError:
         pass
-    chunk = max(1024, min(MAX_CHUNK, max_payload - HEADROOM))
+    chunk = max(1024, min(MAX_CHUNK, max_body(max_payload)))
     meta = ObjectMeta(name=wf_id, options=ObjectMetaOptions(max_chunk_size=chunk))
     await obs.put(wf_id, req_json, meta=meta)
     return ref

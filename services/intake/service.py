@@ -49,7 +49,7 @@ from services.common.ids import new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET, UPLOADS_BUCKET
-from services.common.workreqs import HEADROOM, fits, store
+from services.common.workreqs import HEADROOM, fits, max_body, store
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
 from .limits import Limits, check_limits
@@ -96,7 +96,7 @@ class Uploads:
             raise ApiError(400, f"part {part} of upload {upload} is empty")
         if not fits(self.nc.max_payload, len(request.data)):  # it must fit in KV with its headers
             raise ApiError(413, f"part {part} is {len(request.data)} bytes; parts may have at most "
-                                f"{self.nc.max_payload - HEADROOM} (the server's max payload less {HEADROOM})")
+                                f"{max_body(self.nc.max_payload)} (the server's max payload less {HEADROOM})")
         try:
             await self.kv.put(f"{upload}.{part}", request.data)
         except (TimeoutError, nats.errors.Error) as exc:
