@@ -28,6 +28,7 @@ from schemas import (
     job_command_subject,
 )
 
+from . import fastpath  # noqa: F401  (nats-py's hot paths, patched on import)
 from .topology import EVENTS_STREAM
 
 log = structlog.get_logger()
@@ -42,49 +43,6 @@ WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 def wrong_last_sequence(exc: nats.js.errors.APIError) -> bool:
     """Whether a publish was refused because its expected-last-sequence check failed."""
     return exc.err_code in WRONG_LAST_SEQUENCE
-
-
-FAST_YIELD_EVERY = 16
-
-
-def _next_msg_fast_path() -> None:
-    """nats-py's `Subscription.next_msg` makes a task, a uuid and a timer for every message, even one
-    already waiting; pull fetches, ordered consumers and workflow follows all go through it. With a
-    message waiting, take it at once (the same bookkeeping), yielding to the event loop every
-    FAST_YIELD_EVERY messages as the original does on each (a long backlog must not starve other
-    tasks, such as lease renewals); otherwise wait as before. Measured: see docs/performance.md.
-    Falls back to the original where nats-py's internals are not the ones this was written for."""
-    from nats.aio import subscription
-    from nats.errors import ConnectionClosedError
-
-    cls = subscription.Subscription
-    original = cls.next_msg
-    if getattr(original, "_wf_fast", False):
-        return
-    taken = 0
-
-    async def next_msg(self: subscription.Subscription, timeout: float | None = 1.0) -> Msg:
-        nonlocal taken
-        queue = getattr(self, "_pending_queue", None)
-        if isinstance(queue, asyncio.Queue) and not self._cb and not queue.empty():
-            if self._conn.is_closed:
-                raise ConnectionClosedError
-            taken += 1
-            if taken % FAST_YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-                if queue.empty():  # taken meanwhile by another reader: wait as usual
-                    return await original(self, timeout)
-            msg = queue.get_nowait()
-            self._pending_size -= len(msg.data)
-            queue.task_done()
-            return msg
-        return await original(self, timeout)
-
-    next_msg._wf_fast = True  # type: ignore[attr-defined]
-    cls.next_msg = next_msg  # type: ignore[method-assign]
-
-
-_next_msg_fast_path()
 
 
 def tls_context() -> ssl.SSLContext | None:
@@ -140,6 +98,15 @@ async def decode_or_terminate(msg: Msg, decoder: msgspec.json.Decoder[T]) -> T |
         log.error("bad_message_terminated", subject=msg.subject, error=str(exc))
         await msg.term()
         return None
+
+
+def times_delivered(msg: Msg) -> int:
+    """`msg.metadata.num_delivered`, read from the ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.
+    ...`) without building the metadata (a datetime and three dataclasses per message)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4])
+    return msg.metadata.num_delivered  # the newer form, with domain and account hash
 
 
 async def publish_event(js: JetStreamContext, ev: Event, headers: dict[str, str] | None = None) -> int:

@@ -118,8 +118,7 @@ class WorkflowActor:
             await asyncio.sleep(RENEW_S)
             try:
                 await self.lease.renew()
-            except LeaseLost:
-                log.warning("lease_taken_over")
+            except LeaseLost:  # logged by the lease
                 self._stopping.set()  # wake a dispatch waiting for a token: it must not go on
                 return
             except (TimeoutError, nats.errors.Error) as exc:

@@ -96,6 +96,8 @@ class Lease:
             self.revision = entry.revision
             return
         self.lost = True
+        # whichever path found it (the renewal loop, or the check before a dispatch), say so once
+        log.warning("lease_taken_over")
         raise LeaseLost(self.key)
 
     async def check(self) -> None:

@@ -34,7 +34,7 @@ from schemas import (
     command_decoder,
     event_decoder,
 )
-from services.common.bus import decode_or_terminate, last_event, publish_event
+from services.common.bus import decode_or_terminate, last_event, publish_event, times_delivered
 from services.common.es import EmergencyStops
 from services.common import workreqs
 from services.common.topology import RUNNER_ACK_WAIT_S
@@ -138,7 +138,7 @@ class JobRunner:
         cmd = await decode_or_terminate(msg, command_decoder)
         if cmd is None:
             return
-        attempt = msg.metadata.num_delivered
+        attempt = times_delivered(msg)
         structlog.contextvars.bind_contextvars(
             workflow_id=cmd.id, block=cmd.block, job=cmd.job, job_name=cmd.name, attempt=attempt
         )

@@ -12,7 +12,14 @@ from nats.js import JetStreamContext
 
 from schemas import Approved, Rejected, Submitted, event_decoder
 from services.common import workreqs
-from services.common.bus import connect, decode_or_terminate, publish_event, stored_verdict, wrong_last_sequence
+from services.common.bus import (
+    connect,
+    decode_or_terminate,
+    publish_event,
+    stored_verdict,
+    times_delivered,
+    wrong_last_sequence,
+)
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
@@ -46,7 +53,7 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
         return
     with structlog.contextvars.bound_contextvars(workflow_id=ev.id):
         # A redelivery after the duplicate window must not publish a second verdict.
-        if msg.metadata.num_delivered > 1 and await stored_verdict(js, ev.id) is not None:
+        if times_delivered(msg) > 1 and await stored_verdict(js, ev.id) is not None:
             await msg.ack()
             log.info("verdict_already_published", outcome="duplicate")
             return

@@ -1,0 +1,191 @@
+"""Three of nats-py's hot paths, made cheaper on import (services/common/bus.py imports this module).
+
+Each keeps the library's behaviour (the same results, the same exceptions) and falls back to the
+original where nats-py's internals are not the ones it was written for. Measured: docs/performance.md."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+FAST_YIELD_EVERY = 16
+
+
+def _next_msg_fast_path() -> None:
+    """nats-py's `Subscription.next_msg` makes a task, a uuid and a timer for every message, even one
+    already waiting; pull fetches, ordered consumers and workflow follows all go through it. With a
+    message waiting, take it at once (the same bookkeeping), yielding to the event loop every
+    FAST_YIELD_EVERY messages as the original does on each (a long backlog must not starve other
+    tasks, such as lease renewals); otherwise wait as before."""
+    from nats.aio import subscription
+    from nats.errors import ConnectionClosedError
+
+    cls = subscription.Subscription
+    original = cls.next_msg
+    if getattr(original, "_wf_fast", False):
+        return
+    taken = 0
+
+    async def next_msg(self: subscription.Subscription, timeout: float | None = 1.0) -> Msg:
+        nonlocal taken
+        queue = getattr(self, "_pending_queue", None)
+        if isinstance(queue, asyncio.Queue) and not self._cb and not queue.empty():
+            if self._conn.is_closed:
+                raise ConnectionClosedError
+            taken += 1
+            if taken % FAST_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+                if queue.empty():  # taken meanwhile by another reader: wait as usual
+                    return await original(self, timeout)
+            msg = queue.get_nowait()
+            self._pending_size -= len(msg.data)
+            queue.task_done()
+            return msg
+        return await original(self, timeout)
+
+    next_msg._wf_fast = True  # type: ignore[attr-defined]
+    cls.next_msg = next_msg  # type: ignore[method-assign]
+
+
+class _PubAck(msgspec.Struct):
+    """A JetStream publish's reply: the stored message's place, or an error."""
+
+    stream: str = ""
+    seq: int = 0
+    domain: str | None = None
+    duplicate: bool | None = None
+    error: dict[str, Any] | None = None
+
+
+_pub_ack_decoder = msgspec.json.Decoder(_PubAck)
+NO_RESPONDERS = "503"
+
+
+SWEEP_S = 0.05  # how often waiting requests are checked for their timeout (so it can be this late)
+
+
+class Replies:
+    """The replies to one connection's requests, all on one wildcard subscription; each request
+    waits on a future found by a counter in its reply subject. Timeouts are checked every SWEEP_S
+    (a timer per request cost more than the rest of the wait), oldest first per timeout value."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox() + "."
+        self.waiting: dict[str, asyncio.Future[Msg]] = {}
+        self.deadlines: dict[float, deque[tuple[float, str]]] = {}  # by timeout: (deadline, token), in order
+        self.count = 0
+        self.subscribed: asyncio.Future[Any] | None = None
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    async def _on_reply(self, msg: Msg) -> None:
+        fut = self.waiting.pop(msg.subject[len(self.prefix):], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, Any] | None, timeout: float) -> Msg:
+        if self.subscribed is None or (self.subscribed.done() and self.subscribed.exception() is not None):
+            self.subscribed = asyncio.ensure_future(self.nc.subscribe(self.prefix + "*", cb=self._on_reply))
+        if not self.subscribed.done():
+            await asyncio.shield(self.subscribed)  # its SUB is queued before any PUB: no reply is missed
+        self.subscribed.result()  # raises if subscribing failed (the next request tries again)
+        self.count += 1
+        token = str(self.count)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Msg] = loop.create_future()
+        self.waiting[token] = fut
+        queue = self.deadlines.get(timeout)
+        if queue is None:
+            queue = self.deadlines[timeout] = deque()
+        queue.append((loop.time() + timeout, token))
+        if self.sweeper is None:
+            self.sweeper = loop.call_later(SWEEP_S, self._sweep)
+        try:
+            await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
+            return await fut
+        finally:
+            self.waiting.pop(token, None)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for timeout, queue in list(self.deadlines.items()):
+            while queue and (queue[0][0] <= now or queue[0][1] not in self.waiting):
+                fut = self.waiting.pop(queue.popleft()[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(nats.errors.TimeoutError())
+            if not queue:
+                del self.deadlines[timeout]
+        self.sweeper = loop.call_later(SWEEP_S, self._sweep) if self.deadlines else None
+
+
+def _request_fast_path() -> None:
+    """nats-py's `Client.request` (under every JetStream, KV and micro call as well) pays for a NUID
+    reply token and `asyncio.wait_for` on each request. This one keeps its own reply subscription per
+    connection (as nats-py does), with a counter for token and one timer; the reply and the
+    exceptions (TimeoutError, NoRespondersError) are the original's."""
+    cls = Client
+    original = cls.request
+    if getattr(original, "_wf_fast", False):
+        return
+
+    async def request(
+        self: Client, subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
+        headers: dict[str, Any] | None = None,
+    ) -> Msg:
+        if old_style:
+            return await original(self, subject, payload, timeout=timeout, old_style=True, headers=headers)
+        replies = self.__dict__.get("_wf_replies")
+        if replies is None:
+            replies = self.__dict__["_wf_replies"] = Replies(self)
+        msg = await replies.request(subject, payload, headers, timeout)
+        if msg.headers and msg.headers.get(api.Header.STATUS) == NO_RESPONDERS:
+            raise nats.errors.NoRespondersError
+        return msg
+
+    request._wf_fast = True  # type: ignore[attr-defined]
+    cls.request = request  # type: ignore[method-assign]
+
+
+def _js_publish_fast_path() -> None:
+    """nats-py's `JetStreamContext.publish` (which KV puts, creates and updates use too) decodes each
+    ack with `json.loads` and a dataclass filter; this one with msgspec. Same result, same exceptions."""
+    cls = JetStreamContext
+    original = cls.publish
+    if getattr(original, "_wf_fast", False):
+        return
+
+    async def publish(
+        self: JetStreamContext, subject: str, payload: bytes = b"", timeout: float | None = None,
+        stream: str | None = None, headers: dict[str, Any] | None = None, msg_ttl: float | None = None,
+    ) -> api.PubAck:
+        nc = getattr(self, "_nc", None)
+        if stream is not None or msg_ttl is not None or not isinstance(nc, Client):
+            return await original(self, subject, payload, timeout=timeout, stream=stream, headers=headers,
+                                  msg_ttl=msg_ttl)
+        try:
+            msg = await nc.request(subject, payload, timeout=self._timeout if timeout is None else timeout,
+                                   headers=headers)
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.NoStreamResponseError from None
+        ack = _pub_ack_decoder.decode(msg.data)
+        if ack.error is not None:
+            nats.js.errors.APIError.from_error(ack.error)  # raises the error's own class
+        return api.PubAck(stream=ack.stream, seq=ack.seq, domain=ack.domain, duplicate=ack.duplicate)
+
+    publish._wf_fast = True  # type: ignore[attr-defined]
+    cls.publish = publish  # type: ignore[method-assign]
+
+
+_next_msg_fast_path()
+_request_fast_path()
+_js_publish_fast_path()
