@@ -98,8 +98,9 @@ class Replies:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def request(self, subject: str, payload: bytes, headers: dict[str, Any] | None, timeout: float) -> Msg:
-        if self.subscribed is None or (self.subscribed.done() and self.subscribed.exception() is not None):
+    async def request(self, subject: str, payload: bytes, headers: dict[str, Any] | None, timeout: float | None) -> Msg:
+        if self.subscribed is None or (self.subscribed.done() and (self.subscribed.cancelled()
+                                                                  or self.subscribed.exception() is not None)):
             self.subscribed = asyncio.ensure_future(self.nc.subscribe(self.prefix + "*", cb=self._on_reply))
         if not self.subscribed.done():
             await asyncio.shield(self.subscribed)  # its SUB is queued before any PUB: no reply is missed
@@ -109,12 +110,13 @@ class Replies:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Msg] = loop.create_future()
         self.waiting[token] = fut
-        queue = self.deadlines.get(timeout)
-        if queue is None:
-            queue = self.deadlines[timeout] = deque()
-        queue.append((loop.time() + timeout, token))
-        if self.sweeper is None:
-            self.sweeper = loop.call_later(SWEEP_S, self._sweep)
+        if timeout is not None:  # None waits as long as it takes, as with nats-py's own
+            queue = self.deadlines.get(timeout)
+            if queue is None:
+                queue = self.deadlines[timeout] = deque()
+            queue.append((loop.time() + timeout, token))
+            if self.sweeper is None:
+                self.sweeper = loop.call_later(SWEEP_S, self._sweep)
         try:
             await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
             return await fut

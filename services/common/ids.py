@@ -4,14 +4,12 @@ They are valid NATS subject tokens and KV keys, and sort lexically in creation o
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# base64's base32 alphabet -> Crockford's: encoding in C, not one Python step per character
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10 bits as their two characters
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
@@ -32,9 +30,9 @@ def new_id(now_ms: int | None = None) -> str:
 
 
 def encode(value: int) -> str:
-    """128 bits as 26 Crockford base32 characters, the first holding the top 3 bits. Shifted into
-    160 bits (20 bytes: 32 characters of 5 bits), the first 26 characters are exactly those."""
-    return base64.b32encode((value << 30).to_bytes(20, "big"))[:26].translate(_FROM_RFC4648).decode()
+    """128 bits as 26 Crockford base32 characters, the first holding the top 3 bits: 13 look-ups of
+    10 bits each (a third of the time of 26 of 5 bits; base64's base32 is no faster in Python 3.11)."""
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 def id_time_s(wf_id: str) -> float:

@@ -29,3 +29,20 @@ def configure_logging(service: str, level: str | None = None) -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
+
+
+class bound:
+    """`with bound(workflow_id=...)`: structlog's `bound_contextvars` without its copy of the whole
+    context on each use (it runs per event in wf-status and wf-policy): the keys are set, then reset
+    to whatever they were before."""
+
+    __slots__ = ("kw", "tokens")
+
+    def __init__(self, **kw: object) -> None:
+        self.kw = kw
+
+    def __enter__(self) -> None:
+        self.tokens = structlog.contextvars.bind_contextvars(**self.kw)
+
+    def __exit__(self, *exc: object) -> None:
+        structlog.contextvars.reset_contextvars(**self.tokens)

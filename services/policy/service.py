@@ -21,6 +21,7 @@ from services.common.bus import (
     wrong_last_sequence,
 )
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
+from services.common.logs import bound
 from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
 from services.common.topology import CONFIG_BUCKET, EVENTS_STREAM, POLICY_CONSUMER
@@ -51,7 +52,7 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
         log.error("unexpected_event_terminated", subject=msg.subject, type=type(ev).__name__)
         await msg.term()
         return
-    with structlog.contextvars.bound_contextvars(workflow_id=ev.id):
+    with bound(workflow_id=ev.id):
         # A redelivery after the duplicate window must not publish a second verdict.
         if times_delivered(msg) > 1 and await stored_verdict(js, ev.id) is not None:
             await msg.ack()

@@ -26,6 +26,7 @@ from schemas import Event, StatusResp, Submitted, encoder, event_decoder, omits_
 from services.common.bus import connect, decode_or_terminate, last_event, read_history, stored_verdict
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
+from services.common.logs import bound
 from services.common.settings import VERSION, Settings
 from services.common.topology import EVENTS_STREAM, STATUS_ACK_WAIT_S, STATUS_BUCKET, STATUS_CONSUMER
 from services.common.workreqs import fits, resolved, submitted
@@ -214,7 +215,7 @@ class Projection:
 
     async def _write(self, wf_id: str, entry: Entry) -> None:
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(workflow_id=wf_id):
+        with bound(workflow_id=wf_id):
             for _attempt in range(10):
                 data, size = encode_status(entry.status, self.nc.max_payload)
                 try:

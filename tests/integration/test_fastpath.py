@@ -31,6 +31,7 @@ async def test_concurrent_requests_each_get_their_own_reply(nats_server: str) ->
         await nc.subscribe("echo", cb=echo)
         replies = await asyncio.gather(*(nc.request("echo", str(i).encode(), timeout=5) for i in range(500)))
         assert [r.data for r in replies] == [f"{i}!".encode() for i in range(500)]
+        assert (await nc.request("echo", b"7", timeout=None)).data == b"7!"  # no timeout, as nats-py allows
         assert not nc._wf_replies.waiting  # nothing left behind
     finally:
         await nc.close()
