@@ -188,16 +188,6 @@ def write_server_config(data_dir: Path, port: int, authorization: str = "", sync
     return conf
 
 
-def server_env(env: dict[str, str], cores: int | None = None) -> dict[str, str]:
-    """The embedded server's environment: Go's GOMAXPROCS at half the cores (at least 1), unless
-    set already. Every service is a single-threaded Python process on the same machine; a Go runtime
-    free to run on every core spends CPU handing goroutines between its threads (on 2 cores: the
-    server's CPU per submit 0.20-0.22 -> 0.12-0.16 ms, docs/performance.md)."""
-    if not env.get("GOMAXPROCS"):
-        env["GOMAXPROCS"] = str(max(1, (cores or os.cpu_count() or 2) // 2))
-    return env
-
-
 def write_env_file(path: Path, url: str) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -284,7 +274,7 @@ class System:
                 conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials),
                                            self.opts.sync, self.opts.max_payload)
                 argv = [binary, "-c", str(conf)]
-                self.server = Supervised("nats-server", argv, server_env(dict(os.environ)))
+                self.server = Supervised("nats-server", argv, dict(os.environ))
                 await self.server.start()
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))
                 await wait_for_port(self.opts.nats_port)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wf.cli import build_parser, _replicas
-from wf.up import server_env, write_server_config
+from wf.up import write_server_config
 
 
 def replicas(*argv: str) -> dict[str, int]:
@@ -34,12 +34,3 @@ def test_sync_always_reaches_the_server_configuration(tmp_path: Path) -> None:
     conf = write_server_config(tmp_path, 4222, sync="always").read_text()
     assert 'sync_interval: "always"' in conf
     assert "sync_interval" not in write_server_config(tmp_path, 4222).read_text()
-
-
-@pytest.mark.parametrize(("cores", "expected"), [(1, "1"), (2, "1"), (3, "1"), (8, "4")])
-def test_the_embedded_server_gets_half_the_cores(cores: int, expected: str) -> None:
-    assert server_env({"PATH": "/bin"}, cores) == {"PATH": "/bin", "GOMAXPROCS": expected}
-
-
-def test_a_gomaxprocs_already_set_is_kept() -> None:
-    assert server_env({"GOMAXPROCS": "2"}, 2)["GOMAXPROCS"] == "2"
