@@ -1,7 +1,8 @@
 """Five of nats-py's hot paths, made cheaper on import (services/common/bus.py imports this module).
 
-Each keeps the library's behaviour (the same results, the same exceptions) and falls back to the
-original where nats-py's internals are not the ones it was written for. Measured: docs/performance.md."""
+Each keeps the library's behaviour (the same results, the same exceptions) and stands aside, leaving
+nats-py's own, for a version whose method takes other parameters or (for the two that copy private
+code) whose source differs from the one it was written for. Measured: docs/performance.md."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ from nats.protocol import command as prot_command
 FAST_YIELD_EVERY = 16
 
 
+def _takes(func: Any, *params: str) -> bool:
+    """Whether nats-py's `func` takes exactly these parameters: a replacement written for them stands
+    aside for a version that takes others (its callers inside nats-py might pass them)."""
+    try:
+        return tuple(inspect.signature(func).parameters) == params
+    except (TypeError, ValueError):
+        return False
+
+
 def _next_msg_fast_path() -> None:
     """nats-py's `Subscription.next_msg` makes a task, a uuid and a timer for every message, even one
     already waiting; pull fetches, ordered consumers and workflow follows all go through it. With a
@@ -37,7 +47,7 @@ def _next_msg_fast_path() -> None:
 
     cls = subscription.Subscription
     original = cls.next_msg
-    if getattr(original, "_wf_fast", False):
+    if getattr(original, "_wf_fast", False) or not _takes(original, "self", "timeout"):
         return
     taken = 0
 
@@ -143,7 +153,8 @@ def _request_fast_path() -> None:
     exceptions (TimeoutError, NoRespondersError) are the original's."""
     cls = Client
     original = cls.request
-    if getattr(original, "_wf_fast", False):
+    if getattr(original, "_wf_fast", False) or not _takes(
+            original, "self", "subject", "payload", "timeout", "old_style", "headers"):
         return
 
     async def request(
@@ -169,7 +180,8 @@ def _js_publish_fast_path() -> None:
     ack with `json.loads` and a dataclass filter; this one with msgspec. Same result, same exceptions."""
     cls = JetStreamContext
     original = cls.publish
-    if getattr(original, "_wf_fast", False):
+    if getattr(original, "_wf_fast", False) or not _takes(
+            original, "self", "subject", "payload", "timeout", "stream", "headers", "msg_ttl"):
         return
 
     async def publish(
