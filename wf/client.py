@@ -112,8 +112,8 @@ async def execute(nc: Client, wf_id: str) -> dict[str, Any]:
     return await call(nc, "wf.api.exec", json.dumps({"id": wf_id}).encode())
 
 
-async def status(nc: Client, wf_id: str) -> dict[str, Any]:
-    return await call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode())
+async def status(nc: Client, wf_id: str, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+    return await call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode(), timeout_s=timeout_s)
 
 
 async def cancel(nc: Client, wf_id: str) -> dict[str, Any]:

@@ -212,8 +212,9 @@ _BYTES_STRIP = " \t\n\r\x0b\x0c"  # the characters bytes.strip() removes
 
 def _fast_header_lines(original: Callable[[bytes], dict[str, str]]) -> Callable[[bytes], dict[str, str]]:
     """nats-py's `Client._parse_header_lines`, for an all-ASCII block (any other goes to the original):
-    the block decoded once rather than each name and value, and one regular-expression search per
-    name rather than a generator over its characters. The same result (tests/unit/test_fastpath.py)."""
+    the block decoded once rather than each name and value, and a name searched for whitespace only
+    when it holds a space or a control character, rather than a generator over every name's
+    characters. The same result (tests/unit/test_fastpath.py)."""
 
     def parse(raw: bytes) -> dict[str, str]:
         if not raw.isascii():

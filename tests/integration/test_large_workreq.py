@@ -85,7 +85,7 @@ async def test_a_workreq_over_the_max_payload_is_approved_runs_and_reports(small
         async def ended():  # type: ignore[no-untyped-def]
             try:  # wf-status answers again once `wf up` has restarted it (a request just after the
                 # kill may still have gone to the dead one: ask again soon)
-                status = await client.call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode(), timeout_s=2)
+                status = await client.status(nc, wf_id, timeout_s=2)
             except client.Unreachable as err:
                 seen[0] = err
                 return None
