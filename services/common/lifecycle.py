@@ -14,10 +14,10 @@ import nats.micro
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.micro.service import Service
 
 from .logs import configure_logging
+from .pull import Puller
 from .settings import Settings
 
 log = structlog.get_logger()
@@ -62,39 +62,36 @@ async def when_ready(factory: Callable[[], Awaitable[T]], stop: asyncio.Event, *
             await asyncio.sleep(1.0)
 
 
-async def bind_durable(js: JetStreamContext, stream: str, durable: str, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
-    """Bind to a durable pull consumer once it exists."""
+async def bind_durable(nc: Client, stream: str, durable: str, stop: asyncio.Event) -> Puller:
+    """A puller for a durable pull consumer, once the consumer exists."""
 
-    async def bind() -> JetStreamContext.PullSubscription:
-        await js.consumer_info(stream, durable)
-        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+    async def bind() -> Puller:
+        await nc.jetstream().consumer_info(stream, durable)
+        puller = Puller(nc, stream, durable)
+        await puller.subscribe()
+        return puller
 
     return await when_ready(bind, stop, what=f"{stream}/{durable}")
 
 
 async def fetch_batches(
-    sub: JetStreamContext.PullSubscription, batch: int, stop: asyncio.Event, *, idle_s: float = 1.0,
-    gather_s: float = 0.0,
+    puller: Puller, batch: int, stop: asyncio.Event, *, idle_s: float = 1.0, gather_s: float = 0.0,
 ) -> AsyncIterator[list[Msg]]:
-    """Batches from a pull consumer until stopped; an idle fetch or a reconnect just fetches again.
-    With `gather_s`, a batch that came back short is followed by that long a pause, so the next one
-    gathers more (fewer fetches and handling rounds per message, for a consumer off the request path)."""
+    """Batches of what has arrived, up to `batch` asked for at a time, until stopped. With `gather_s`,
+    a batch that came back short is followed by that long a pause, so the next one gathers more
+    (fewer handling rounds per message, for a consumer off the request path)."""
     while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=idle_s)
-        except TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
-            continue
-        except nats.errors.Error as exc:
-            log.warning("fetch_failed", error=repr(exc))
-            await asyncio.sleep(0.5)
+        msgs = await puller.take(batch, idle_s)
+        if not msgs:
             continue
         yield msgs
         if gather_s and len(msgs) < batch:
             await asyncio.sleep(gather_s)
 
 
-async def shutdown(nc: Client, *pull_subs: JetStreamContext.PullSubscription, timeout_s: float = 3.0) -> None:
-    """Unsubscribe pull consumers (nats-py's drain never finishes with one), drain the rest, close."""
+async def shutdown(nc: Client, *pull_subs: Puller, timeout_s: float = 3.0) -> None:
+    """Unsubscribe the pullers (what their open requests delivered and nobody acked is redelivered),
+    drain the rest, close."""
     for sub in pull_subs:
         try:
             await sub.unsubscribe()

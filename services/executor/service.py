@@ -103,7 +103,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     leases = await when_ready(lambda: js.key_value(LEASES_BUCKET), stop, what=LEASES_BUCKET)
     executor = Executor(js, es, limits, leases)
     log.info("executor_instance", instance=executor.instance)
-    sub = await bind_durable(js, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
+    sub = await bind_durable(nc, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
     async for batch in fetch_batches(sub, 32, stop):
         for msg in batch:
             await executor.on_exec_requested(msg)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import nats.errors
-import nats.micro
 import structlog
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -53,22 +51,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         cb=runner.on_workflow_event, idle_heartbeat=2.0,
     )
     service = await start_micro(nc, "wf-jobrunner", VERSION, "runs registered jobs")
-    sub = await bind_durable(js, JOBS_STREAM, RUNNER_CONSUMER, stop)
+    sub = await bind_durable(nc, JOBS_STREAM, RUNNER_CONSUMER, stop)
     running: set[asyncio.Task[None]] = set()
     while not stop.is_set():
         free = settings.runner_concurrency - len(running)
         if free <= 0:
             await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             continue
-        try:
-            msgs = await sub.fetch(min(free, FETCH_MAX), timeout=1.0)
-        except TimeoutError:  # nats.errors.TimeoutError is one; fetch raises either
-            continue
-        except nats.errors.Error as exc:
-            log.warning("fetch_failed", error=repr(exc))
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
+        for msg in await sub.take(min(free, FETCH_MAX), timeout=1.0):
             task = asyncio.create_task(guarded(msg, runner))
             running.add(task)
             task.add_done_callback(running.discard)

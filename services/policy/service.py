@@ -101,7 +101,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await watcher.reload_if_changed()
     watch_task = asyncio.create_task(watcher.watch(stop))
     service = await start_micro(nc, "wf-policy", VERSION, "validates jobs and runs policies")
-    sub = await bind_durable(js, EVENTS_STREAM, POLICY_CONSUMER, stop)
+    sub = await bind_durable(nc, EVENTS_STREAM, POLICY_CONSUMER, stop)
     async def guarded(msg: Msg) -> None:
         try:
             await handle_submitted(msg, js, jobs, watcher)

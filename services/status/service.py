@@ -342,7 +342,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await endpoint.register(service, "wf.api.status")
     projection = Projection(nc, kv)
     flusher = asyncio.create_task(flush_periodically(projection, stop))
-    sub = await bind_durable(js, EVENTS_STREAM, STATUS_CONSUMER, stop)
+    sub = await bind_durable(nc, EVENTS_STREAM, STATUS_CONSUMER, stop)
     async for batch in fetch_batches(sub, BATCH, stop, gather_s=GATHER_S):
         await handle_batch(projection, batch)
     await flusher

@@ -1,0 +1,132 @@
+"""Messages from a durable pull consumer, handed over as soon as they arrive.
+
+nats-py's `PullSubscription.fetch(n, timeout)` returns when it has n messages, when the server
+says the pull request ended, or at its timeout. Its pull request can outlive one call and its
+probe (`no_wait` with `expires`) can linger on the server, and then a fetch that has one message
+waits for the others until the timeout (measured: two submits 5 ms apart, the second's verdict
+came 0.7 s late in 2 of 6 tries; the same loop on a bare stream delayed 10-20 % of messages by
+0.3-0.8 s). `Puller` keeps its own pull request instead, counts the credit it still holds, and `take`
+returns whatever has arrived the moment anything has. The request stays open after a `take`;
+what it delivers later waits in memory for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = structlog.get_logger()
+STATUS = "Status"
+HEARTBEAT = "100"
+GRACE_S = 0.5  # a request not ended by the server this long after its expiry is taken as lost
+BACKOFF_S = 0.5  # after the server refused a request (consumer deleted, too many waiting, ...)
+
+
+class Puller:
+    """One pull request at a time for one durable consumer, its replies on their own subject.
+
+    One at a time keeps the count exact: a message carries its own subject, not its request's, so
+    with several requests open it could not be told which of them it used up, and a request whose
+    batch is used up ends without a word from the server."""
+
+    def __init__(self, nc: Client, stream: str, durable: str, *, api_prefix: str = "$JS.API") -> None:
+        self.nc = nc
+        self.stream = stream
+        self.durable = durable
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._prefix = nc.new_inbox() + "."
+        self._sub: Subscription | None = None
+        self._buffer: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # a take waiting for the next message
+        self._counter = 0
+        self._open = ""  # the open request's reply subject, "" when none
+        self._credit = 0  # the messages it may still deliver
+        self._give_up = 0.0  # when it is taken as lost if the server has not ended it
+        self._paused_until = 0.0
+
+    async def subscribe(self) -> None:
+        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_msg)
+
+    async def unsubscribe(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._buffer.append(msg)
+        _wake(self._waiter)
+
+    async def _request(self, batch: int, expires_s: float, now: float) -> None:
+        self._counter += 1
+        self._open, self._credit = f"{self._prefix}{self._counter}", batch
+        self._give_up = now + expires_s + GRACE_S
+        body = json.dumps({"batch": batch, "expires": int(expires_s * 1e9)}).encode()
+        try:
+            await self.nc.publish(self._next_subject, body, reply=self._open)
+        except BaseException:
+            self._open = ""
+            raise
+
+    def _drain(self) -> list[Msg]:
+        """The buffered messages, with the open request's credit counted down and statuses applied."""
+        msgs: list[Msg] = []
+        while self._buffer:
+            msg = self._buffer.popleft()
+            status = msg.headers.get(STATUS) if msg.headers and not msg.reply else None
+            if status is None:
+                msgs.append(msg)
+                self._credit -= 1
+                if self._credit <= 0:
+                    self._open = ""
+            elif status != HEARTBEAT and msg.subject == self._open:  # 408 expired, 409 ...: it is over
+                self._open = ""
+                if status not in ("404", "408"):
+                    log.warning("pull_request_refused", consumer=self.durable, status=status,
+                                description=(msg.headers or {}).get("Description", ""))
+                    self._paused_until = time.monotonic() + BACKOFF_S
+        return msgs
+
+    async def take(self, want: int, timeout: float = 1.0) -> list[Msg]:
+        """The messages that arrived, at least one, waiting up to `timeout` for the first; [] if none.
+        With no request open, first asks for `want` (the request expires after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self._drain()
+            if msgs:
+                return msgs
+            now = time.monotonic()
+            if now >= deadline:
+                return []
+            if self._open and now > self._give_up:  # lost (a reconnect): its messages are redelivered
+                self._open = ""
+            if not self._open and now >= self._paused_until:
+                try:
+                    await self._request(want, timeout, now)
+                except nats.errors.Error as exc:  # disconnected: try again after a pause
+                    log.warning("pull_request_failed", consumer=self.durable, error=repr(exc))
+                    self._paused_until = now + BACKOFF_S
+            wait_s = deadline - now
+            if not self._open:
+                wait_s = min(wait_s, max(0.0, self._paused_until - now))
+            # a future and a timer rather than wait_for, which makes a task per call
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(wait_s, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
