@@ -46,6 +46,7 @@ class Puller:
         self._sub: Subscription | None = None
         self._buffer: deque[Msg] = deque()
         self._waiter: asyncio.Future[None] | None = None  # a take waiting for the next message
+        self._wake_at = 1  # ... or for this many buffered (settling: the rest of its batch)
         self._counter = 0
         self._open = ""  # the open request's reply subject, "" when none
         self._credit = 0  # the messages it may still deliver
@@ -62,7 +63,8 @@ class Puller:
 
     async def _on_msg(self, msg: Msg) -> None:
         self._buffer.append(msg)
-        _wake(self._waiter)
+        if len(self._buffer) >= self._wake_at:
+            _wake(self._waiter)
 
     async def _request(self, batch: int, expires_s: float, now: float) -> None:
         self._counter += 1
@@ -94,37 +96,48 @@ class Puller:
                     self._paused_until = time.monotonic() + BACKOFF_S
         return msgs
 
-    async def take(self, want: int, timeout: float = 1.0) -> list[Msg]:
+    async def take(self, want: int, timeout: float = 1.0, settle_s: float = 0.0) -> list[Msg]:
         """The messages that arrived, at least one, waiting up to `timeout` for the first; [] if none.
-        With no request open, first asks for `want` (the request expires after `timeout`)."""
+        With no request open, first asks for `want` (the request expires after `timeout`). With
+        `settle_s`, once the first has come, waits up to that long for the rest of the `want`
+        (while the request may still bring them): fuller batches for a consumer off the request
+        path, and none of the wait when they are there already, as under load."""
         deadline = time.monotonic() + timeout
+        msgs: list[Msg] = []
+        settled_at = 0.0
         while True:
-            msgs = self._drain()
-            if msgs:
-                return msgs
+            msgs += self._drain()
             now = time.monotonic()
-            if now >= deadline:
-                return []
-            if self._open and now > self._give_up:  # lost (a reconnect): its messages are redelivered
-                self._open = ""
-            if not self._open and now >= self._paused_until:
-                try:
-                    await self._request(want, timeout, now)
-                except nats.errors.Error as exc:  # disconnected: try again after a pause
-                    log.warning("pull_request_failed", consumer=self.durable, error=repr(exc))
-                    self._paused_until = now + BACKOFF_S
-            wait_s = deadline - now
-            if not self._open:
-                wait_s = min(wait_s, max(0.0, self._paused_until - now))
+            if msgs:
+                if settle_s <= 0 or len(msgs) >= want or not self._open:
+                    return msgs
+                settled_at = settled_at or now + settle_s
+                if now >= settled_at:
+                    return msgs
+                until, self._wake_at = settled_at, want - len(msgs)
+            else:
+                if now >= deadline:
+                    return []
+                if self._open and now > self._give_up:  # lost (a reconnect): its messages are redelivered
+                    self._open = ""
+                if not self._open and now >= self._paused_until:
+                    try:
+                        await self._request(want, timeout, now)
+                    except nats.errors.Error as exc:  # disconnected: try again after a pause
+                        log.warning("pull_request_failed", consumer=self.durable, error=repr(exc))
+                        self._paused_until = now + BACKOFF_S
+                until, self._wake_at = deadline, 1
+                if not self._open:
+                    until = min(until, max(now, self._paused_until))
             # a future and a timer rather than wait_for, which makes a task per call
             loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
-            timer = loop.call_later(wait_s, _wake, waiter)
+            timer = loop.call_later(until - now, _wake, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
-                self._waiter = None
+                self._waiter, self._wake_at = None, 1
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:

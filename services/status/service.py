@@ -36,7 +36,7 @@ from . import fold
 log = structlog.get_logger()
 CACHE_SIZE = 2000
 BATCH = 256
-GATHER_S = 0.02  # after a short batch: fewer, fuller batches under load, for at most this much lag
+GATHER_S = 0.02  # a batch not full at once waits up to this long to fill: fewer rounds, at most this much lag
 
 
 # A workflow's StatusResp is rewritten at most once per interval that grows with its size, so the

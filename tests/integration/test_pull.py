@@ -123,3 +123,29 @@ async def test_a_deleted_consumer_is_reported_and_not_hammered(nc: Client) -> No
     assert await puller.take(5, timeout=2.0) == []
     # one request per refusal and pause (0.5 s), not a request per loop turn
     assert 2 <= len(requests) <= 12, requests
+
+
+async def test_settling_gathers_the_rest_of_a_batch_but_not_when_it_is_full(nc: Client) -> None:
+    js = nc.jetstream()
+    puller = Puller(nc, "P", "c")
+    await puller.subscribe()
+    for i in range(10):
+        await js.publish(f"p.{i}.in", str(i).encode())
+    started = time.monotonic()
+    full = await puller.take(10, timeout=5.0, settle_s=5.0)
+    assert [int(m.data) for m in full] == list(range(10))
+    assert time.monotonic() - started < 4.0  # all there at once: no settling wait
+    for msg in full:
+        await msg.ack()
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)  # the rest comes while the first is settling
+        for i in range(13, 20):
+            await js.publish(f"p.{i}.in", str(i).encode())
+
+    for i in range(10, 13):
+        await js.publish(f"p.{i}.in", str(i).encode())
+    rest = asyncio.create_task(later())
+    gathered = await puller.take(10, timeout=5.0, settle_s=5.0)
+    await rest
+    assert [int(m.data) for m in gathered] == list(range(10, 20))  # one batch, not 3 then 7
