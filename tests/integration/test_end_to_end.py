@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import nats.js.errors
 import pytest
 
 from schemas import BlockEnded, BlockStarted, JobCompleted, JobFailed, JobStarted, event_decoder
@@ -74,7 +75,10 @@ async def test_the_status_projection_is_in_kv_wf_status(nc):
     kv = await nc.jetstream().key_value("wf_status")
 
     async def projected():
-        entry = await kv.get(wf_id)
+        try:
+            entry = await kv.get(wf_id)
+        except nats.js.errors.KeyNotFoundError:  # not projected yet
+            return None
         return json.loads(entry.value) if json.loads(entry.value)["status"] == "completed" else None
 
     assert await eventually(projected, what="the projection") == status

@@ -64,7 +64,10 @@ async def test_a_workreq_over_the_max_payload_is_approved_runs_and_reports(small
         kv = await js.key_value("wf_status")
 
         async def some_done():  # type: ignore[no-untyped-def]
-            value = json.loads((await kv.get(wf_id)).value)
+            try:
+                value = json.loads((await kv.get(wf_id)).value)
+            except nats.js.errors.KeyNotFoundError:  # not projected yet (wf-status waits up to 20 ms for more)
+                return False
             return value["blocks"][0]["job_counts"]["completed"] > 0
 
         await eventually(some_done, 30, what="the first jobs completed")
