@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import nats
 import pytest
+import structlog.testing
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
@@ -113,15 +114,18 @@ async def test_a_deleted_consumer_is_reported_and_not_hammered(nc: Client) -> No
     await nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.P.c", cb=count)
     puller = Puller(nc, "P", "c")
     await puller.subscribe()
-    take = asyncio.create_task(puller.take(5, timeout=3.0))
+
     async def requested() -> bool:
         return bool(requests)
 
-    await eventually(requested, timeout_s=5, what="the first pull request")
-    await js.delete_consumer("P", "c")
-    assert await take == []
-    assert await puller.take(5, timeout=2.0) == []
-    # one request per refusal and pause (0.5 s), not a request per loop turn
+    with structlog.testing.capture_logs() as logs:
+        take = asyncio.create_task(puller.take(5, timeout=3.0))
+        await eventually(requested, timeout_s=5, what="the first pull request")
+        await js.delete_consumer("P", "c")
+        assert await take == []
+        assert await puller.take(5, timeout=2.0) == []
+    assert any(e["event"] == "pull_request_refused" and e["status"] == "409" and e["consumer"] == "c" for e in logs), logs
+    # a request per expiry, or per refusal and its 0.5 s pause: not one per turn of the loop
     assert 2 <= len(requests) <= 12, requests
 
 
