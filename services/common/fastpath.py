@@ -38,7 +38,8 @@ def _takes(func: Any, *params: str) -> bool:
 
 def _next_msg_fast_path() -> None:
     """nats-py's `Subscription.next_msg` makes a task, a uuid and a timer for every message, even one
-    already waiting; pull fetches, ordered consumers and workflow follows all go through it. With a
+    already waiting; the executor's workflow follows and `read_history` go through it (the pull
+consumers no longer do: services/common/pull.py). With a
     message waiting, take it at once (the same bookkeeping), yielding to the event loop every
     FAST_YIELD_EVERY messages as the original does on each (a long backlog must not starve other
     tasks, such as lease renewals); otherwise wait as before."""

@@ -25,10 +25,10 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import Header, StatusCode
 
 log = structlog.get_logger()
-STATUS = "Status"
-HEARTBEAT = "100"
+ENDED = (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT)  # the usual end of a request, not a refusal
 GRACE_S = 0.5  # a request not ended by the server this long after its expiry is taken as lost
 BACKOFF_S = 0.5  # after the server refused a request (consumer deleted, too many waiting, ...)
 
@@ -85,17 +85,18 @@ class Puller:
         msgs: list[Msg] = []
         while self._buffer:
             msg = self._buffer.popleft()
-            status = msg.headers.get(STATUS) if msg.headers and not msg.reply else None
+            status = msg.headers.get(Header.STATUS) if msg.headers and not msg.reply else None
             if status is None:
                 msgs.append(msg)
                 self._credit -= 1
                 if self._credit <= 0:
                     self._open = ""
-            elif status != HEARTBEAT and msg.subject == self._open:  # 408 expired, 409 ...: it is over
+            elif status != StatusCode.CONTROL_MESSAGE and msg.subject == self._open:
+                # 408 expired, 409 refused ...: that request is over (a stale one's notice is not)
                 self._open = ""
-                if status not in ("404", "408"):
+                if status not in ENDED:
                     log.warning("pull_request_refused", consumer=self.durable, status=status,
-                                description=(msg.headers or {}).get("Description", ""))
+                                description=(msg.headers or {}).get(Header.DESCRIPTION, ""))
                     self._paused_until = time.monotonic() + BACKOFF_S
         return msgs
 
