@@ -1,10 +1,20 @@
-"""Roles, their permissions, and the nats-server authorization that enforces them.
+"""Accounts, roles, their permissions, and the nats-server configuration that enforces them.
 
-The server, not convention, keeps each part to its job: only wf-policy may publish verdicts, only
-the executor job commands and block/workflow events, only runners job events, only wf-status
-writes `wf_status`; clients may call `wf.api.*` and read `wf_status` and `WF_EVENTS`; operators
-may also flip emergency stops; only the admin role (`wf up` itself) may create, delete or purge
-streams, consumers and buckets. See docs/security.md for the table and the threat model."""
+Two NATS accounts keep people away from the machinery (docs/security.md has the table and why):
+
+- **WF** holds the services, their streams, consumers, buckets and inboxes, and the admin. Nothing
+  of it is visible outside the account except what it exports.
+- **PEOPLE** holds every person (the `client` and `operator` roles, and people added with
+  `wf user add`). It imports only the request API (`wf.api.>`, with the caller's identity shared:
+  the server adds `Nats-Request-Info` to each request), the micro framework's `$SRV.>`, emergency
+  stop writes (`$KV.wf_es.>`, operators only), and read-only *views*, streams of its own that the
+  server keeps in step with WF: `WF_EVENTS` (every stored event, republished by WF's stream after
+  it is stored, so also live on `wf.evt.>`), `KV_wf_status` and `KV_wf_es` (mirrors). A person's
+  consumer lives on a view: it can neither name nor reach a service's consumer, inbox or stream.
+
+Inside WF the server still keeps each service to its job: only wf-policy may publish verdicts,
+only the executor job commands and block/workflow events, only runners job events, only wf-status
+writes `wf_status`; only the admin creates, deletes or purges streams, consumers and buckets."""
 
 from __future__ import annotations
 
@@ -28,9 +38,16 @@ from services.common.topology import (
     STATUS_BUCKET,
     STATUS_CONSUMER,
     UPLOADS_BUCKET,
+    VIEW_DELIVER_PREFIX,
+    VIEW_EVENTS_PREFIX,
+    VIEW_JS_API,
+    VIEW_MAX_CONSUMERS,
+    VIEW_MIRRORS,
     WORKREQ_BUCKET,
 )
 
+WF_ACCOUNT = "WF"
+PEOPLE_ACCOUNT = "PEOPLE"
 INBOX = "_INBOX.>"
 FLOW_CONTROL = "$JS.FC.>"  # replies to a push (ordered) consumer's flow control
 MICRO = "$SRV.>"
@@ -43,12 +60,18 @@ def js_read(stream: str) -> list[str]:
 
 
 def js_follow(stream: str) -> list[str]:
-    """Create ordered or ephemeral consumers on a stream (they expire on their own: nobody deletes)."""
+    """Create ordered or ephemeral consumers on a stream (they expire on their own)."""
     return [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
             f"$JS.API.CONSUMER.INFO.{stream}.>", FLOW_CONTROL]
 
 
-# Creating a consumer by name creates it or *updates* it: nobody but the admin may name one of ours.
+def js_pull_own(stream: str) -> list[str]:
+    """Pull from and acknowledge consumers on a stream (nats.js's ordered consumer pulls). Nobody but
+    the server deletes them: an unused one goes after VIEW_CONSUMER_INACTIVE_S."""
+    return [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>", f"$JS.ACK.*.*.{stream}.>"]
+
+
+# Creating a consumer by name creates it or *updates* it: no service may name another's durable.
 DURABLES = [(EVENTS_STREAM, POLICY_CONSUMER), (EVENTS_STREAM, EXECUTOR_CONSUMER), (EVENTS_STREAM, STATUS_CONSUMER),
             (JOBS_STREAM, RUNNER_CONSUMER)]
 PROTECTED = [s for stream, name in DURABLES
@@ -84,55 +107,125 @@ def obj_write(bucket: str) -> list[str]:
 @dataclass(frozen=True)
 class Role:
     name: str
+    account: str
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
 
 
-def _role(name: str, publish: list[str], subscribe: list[str]) -> Role:
-    deny = () if name == "admin" else tuple(PROTECTED)
-    return Role(name, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, INBOX])), deny)
+def _role(name: str, account: str, publish: list[str], subscribe: list[str], deny: list[str] | None = None) -> Role:
+    deny_list = deny if deny is not None else ([] if name == "admin" else PROTECTED)
+    return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, INBOX])),
+                tuple(deny_list))
 
 
-CLIENT_PUBLISH = ["wf.api.>", MICRO, *js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM), *kv_read(STATUS_BUCKET)]
+VIEW_STREAMS = [EVENTS_STREAM, *(f"KV_{bucket}" for bucket in VIEW_MIRRORS)]
+
+
+def _view_read(stream: str) -> list[str]:
+    return [*js_read(stream), *js_follow(stream), *js_pull_own(stream)]
+
+
+# A person reads the views (and finds WF_EVENTS by subject, as nats-py's js.subscribe does) and
+# calls the API; nothing else. Durable consumers are theirs to make on a view, bounded like any other.
+PERSON_PUBLISH = ["wf.api.>", MICRO, "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+                  *_view_read(EVENTS_STREAM), *_view_read(f"KV_{STATUS_BUCKET}")]
+# What a person may never publish in their own account: into the views' inputs (the live events the
+# views are fed with, the mirrors' deliveries and the JetStream API they use in WF).
+PERSON_DENY = ["wf.evt.>", f"{VIEW_DELIVER_PREFIX}.>", f"{VIEW_JS_API}.CONSUMER.>", f"{VIEW_JS_API}.STREAM.>"]
+OPERATOR_PUBLISH = [*PERSON_PUBLISH, *_view_read(f"KV_{ES_BUCKET}"), *kv_write(ES_BUCKET),
+                    f"{VIEW_JS_API}.$KV.{ES_BUCKET}.>"]
+PERSON_ROLES = ("client", "operator")
 
 ROLES: dict[str, Role] = {
     role.name: role
     for role in [
-        _role("admin", [">"], [">"]),
-        _role("intake",
+        _role("admin", WF_ACCOUNT, [">"], [">"]),
+        _role("intake", WF_ACCOUNT,
               ["wf.evt.*.submitted", "wf.evt.*.exec_requested", "wf.evt.*.cancel_requested",
                *js_read(EVENTS_STREAM), *kv_read(CONFIG_BUCKET), *kv_read(ES_BUCKET),
                *kv_read(IDEMPOTENCY_BUCKET), *kv_write(IDEMPOTENCY_BUCKET), *kv_read(UPLOADS_BUCKET),
-               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET)],
+               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET), "_R_.>"],
               ["wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.evt.*.approved",
                "wf.evt.*.rejected", MICRO]),
-        _role("policy",
+        _role("policy", WF_ACCOUNT,
               ["wf.evt.*.approved", "wf.evt.*.rejected", *js_read(EVENTS_STREAM),
                *js_pull(EVENTS_STREAM, POLICY_CONSUMER), *kv_read(CONFIG_BUCKET), *kv_write(CONFIG_BUCKET),
-               *obj_read(WORKREQ_BUCKET)],
+               *obj_read(WORKREQ_BUCKET), "_R_.>"],
               [MICRO]),
-        _role("executor",
+        _role("executor", WF_ACCOUNT,
               ["wf.evt.*.workflow.>", "wf.evt.*.block.>", "wf.cmd.job.>", *js_read(EVENTS_STREAM),
                *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, EXECUTOR_CONSUMER), *js_read(JOBS_STREAM),
                *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
-               *kv_write(BUCKETS_BUCKET), *kv_read(LEASES_BUCKET), *kv_write(LEASES_BUCKET), *obj_read(WORKREQ_BUCKET)],
+               *kv_write(BUCKETS_BUCKET), *kv_read(LEASES_BUCKET), *kv_write(LEASES_BUCKET), *obj_read(WORKREQ_BUCKET),
+               "_R_.>"],
               [MICRO]),
-        _role("jobrunner",
+        _role("jobrunner", WF_ACCOUNT,
               ["wf.evt.*.job.>", *js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM),
                *js_pull(JOBS_STREAM, RUNNER_CONSUMER), *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
-               *kv_write(BUCKETS_BUCKET), *obj_read(WORKREQ_BUCKET)],
+               *kv_write(BUCKETS_BUCKET), *obj_read(WORKREQ_BUCKET), "_R_.>"],
               [MICRO]),
-        _role("status",
+        _role("status", WF_ACCOUNT,
               [*js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, STATUS_CONSUMER),
-               *kv_read(STATUS_BUCKET), *kv_write(STATUS_BUCKET), *obj_read(WORKREQ_BUCKET)],
+               *kv_read(STATUS_BUCKET), *kv_write(STATUS_BUCKET), *obj_read(WORKREQ_BUCKET), "_R_.>"],
               ["wf.api.status", MICRO]),
-        _role("client", CLIENT_PUBLISH, ["wf.evt.>"]),
-        _role("operator", [*CLIENT_PUBLISH, *kv_read(ES_BUCKET), *kv_write(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
-                           *kv_write(BUCKETS_BUCKET)], ["wf.evt.>"]),
+        # Keeps the views in PEOPLE in place (used by `wf up` and `wf setup`, never by a person).
+        _role("views", PEOPLE_ACCOUNT,
+              ["$JS.API.INFO", *(f"$JS.API.STREAM.{verb}.{stream}" for stream in VIEW_STREAMS
+                                 for verb in ("CREATE", "UPDATE", "INFO"))],
+              [], deny=[]),
+        _role("client", PEOPLE_ACCOUNT, PERSON_PUBLISH, ["wf.evt.>"], deny=PERSON_DENY),
+        _role("operator", PEOPLE_ACCOUNT, OPERATOR_PUBLISH, ["wf.evt.>"], deny=PERSON_DENY),
     ]
 }
 SERVICE_ROLES = ("intake", "policy", "executor", "jobrunner", "status")
+
+
+def _exports() -> list[dict[str, object]]:
+    """What WF offers PEOPLE (and nobody else)."""
+    people = [PEOPLE_ACCOUNT]
+    exports: list[dict[str, object]] = [
+        {"service": "wf.api.>", "accounts": people},
+        {"service": MICRO, "response_type": "stream", "accounts": people},
+        {"stream": f"{VIEW_EVENTS_PREFIX}.>", "accounts": people},
+        {"stream": f"{VIEW_DELIVER_PREFIX}.>", "accounts": people},
+        {"service": FLOW_CONTROL, "accounts": people},
+        {"service": f"$KV.{ES_BUCKET}.>", "accounts": people},
+    ]
+    for bucket in VIEW_MIRRORS:
+        stream = f"KV_{bucket}"
+        for subject in (f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+                        f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>"):
+            exports.append({"service": subject, "accounts": people})
+    return exports
+
+
+def _imports() -> list[dict[str, object]]:
+    """What PEOPLE takes from WF; the API with the caller's identity shared (`Nats-Request-Info`)."""
+    def service(subject: str, to: str | None = None, share: bool = False) -> dict[str, object]:
+        entry: dict[str, object] = {"service": {"account": WF_ACCOUNT, "subject": subject}}
+        if to is not None:
+            entry["to"] = to
+        if share:
+            entry["share"] = True
+        return entry
+
+    imports = [
+        service("wf.api.>", share=True),
+        service(MICRO),
+        {"stream": {"account": WF_ACCOUNT, "subject": f"{VIEW_EVENTS_PREFIX}.>"}, "to": "wf.evt.>"},
+        {"stream": {"account": WF_ACCOUNT, "subject": f"{VIEW_DELIVER_PREFIX}.>"}},
+        service(FLOW_CONTROL),
+        # an emergency stop from nats-py (`$KV.wf_es.<name>`) or from the nats CLI, which writes to a
+        # mirrored bucket through the mirror's API prefix; both reach WF's bucket, with who did it
+        service(f"$KV.{ES_BUCKET}.>", share=True),
+        service(f"$KV.{ES_BUCKET}.>", to=f"{VIEW_JS_API}.$KV.{ES_BUCKET}.>", share=True),
+    ]
+    for exported in _exports():
+        subject = str(exported.get("service", ""))
+        if subject.startswith("$JS.API.CONSUMER."):
+            imports.append(service(subject, to=VIEW_JS_API + subject.removeprefix("$JS.API")))
+    return imports
 
 
 def new_credentials() -> dict[str, str]:
@@ -147,16 +240,34 @@ def save_credentials(path: Path, credentials: dict[str, str]) -> None:
         json.dump(credentials, fh)
 
 
+def _user(name: str, password: str, role: Role) -> dict[str, object]:
+    publish: dict[str, object] = {"allow": list(role.publish)}
+    if role.deny_publish:
+        publish["deny"] = list(role.deny_publish)
+    return {"user": name, "password": password,
+            "permissions": {"publish": publish, "subscribe": {"allow": list(role.subscribe)}}}
+
+
+def accounts_block(credentials: dict[str, str]) -> str:
+    """The `accounts { WF {...}, PEOPLE {...} }` block of a nats-server configuration (JSON is valid
+    nats-server configuration syntax)."""
+    wf_users = [_user(name, credentials[name], role) for name, role in ROLES.items() if role.account == WF_ACCOUNT]
+    people_users = [_user(name, credentials[name], role) for name, role in ROLES.items()
+                    if role.account == PEOPLE_ACCOUNT]
+    accounts = {
+        WF_ACCOUNT: {"jetstream": "enabled", "users": wf_users, "exports": _exports()},
+        PEOPLE_ACCOUNT: {
+            "jetstream": {"max_streams": len(VIEW_STREAMS), "max_consumers": VIEW_MAX_CONSUMERS},
+            "users": people_users,
+            "imports": _imports(),
+        },
+    }
+    return "accounts: " + json.dumps(accounts, indent=1) + "\n"
+
+
 def authorization_block(credentials: dict[str, str]) -> str:
-    """The `authorization { users = [...] }` block of a nats-server configuration."""
-    users = []
-    for name, role in ROLES.items():
-        users.append(
-            "    {user: %s, password: %s, permissions: {publish: {allow: %s, deny: %s}, subscribe: {allow: %s}}}"
-            % (json.dumps(name), json.dumps(credentials[name]), json.dumps(list(role.publish)),
-               json.dumps(list(role.deny_publish)), json.dumps(list(role.subscribe)))
-        )
-    return "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
+    """Kept for callers of the old name: the accounts block."""
+    return accounts_block(credentials)
 
 
 def role_url(host_port: str, role: str, credentials: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ import structlog
 from services.common.bus import connect
 from services.common.es_seed import seed_emergency_stops
 from services.common.lifecycle import redact
-from services.common.topology import ES_BUCKET, ensure_topology
+from services.common.topology import ES_BUCKET, ensure_topology, ensure_views
 
 from . import auth
 
@@ -196,13 +196,16 @@ def write_env_file(path: Path, url: str) -> None:
     os.replace(tmp, path)
 
 
-async def topology_when_ready(nc, replicas: int, deadline_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    """ensure_topology, retried while JetStream is not ready (a cluster still electing its leaders)."""
+async def topology_when_ready(nc, replicas: int, deadline_s: float = 60.0, views_nc=None) -> None:  # type: ignore[no-untyped-def]
+    """ensure_topology (and, given the `views` role's connection, the people's views), retried while
+    JetStream is not ready (a cluster still electing its leaders)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
     while True:
         try:
             await ensure_topology(nc.jetstream(), replicas=replicas)
+            if views_nc is not None:
+                await ensure_views(views_nc.jetstream(), replicas=replicas)
             return
         except (nats.errors.Error, TimeoutError) as exc:  # ServiceUnavailable, NoResponders, timeouts
             if loop.time() > end:
@@ -271,7 +274,7 @@ class System:
                     tls = f"tls {{ cert_file: {json.dumps(str(self.opts.tls_cert))}, key_file: {json.dumps(str(self.opts.tls_key))} }}\n"
                     # trust it (self-signed: the certificate is its own CA), here and in every service's env
                     os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))
-                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.authorization_block(self.credentials),
+                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.accounts_block(self.credentials),
                                            self.opts.sync, self.opts.max_payload)
                 argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
@@ -279,7 +282,10 @@ class System:
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))
                 await wait_for_port(self.opts.nats_port)
             nc = await connect(self.url_for("admin"), "wf-up")
-            await topology_when_ready(nc, self.opts.stream_replicas)
+            views_nc = None if self.credentials is None else await connect(self.url_for("views"), "wf-up-views")
+            await topology_when_ready(nc, self.opts.stream_replicas, views_nc=views_nc)
+            if views_nc is not None:
+                await views_nc.close()
             es_state = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), self.opts.config_dir / "es.json")
             log.info("emergency_stops", **es_state)
             for name in SERVICES:

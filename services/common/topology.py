@@ -11,10 +11,15 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
+    ExternalStream,
     ObjectStoreConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamConsumerLimits,
+    StreamSource,
 )
 
 EVENTS_STREAM = "WF_EVENTS"
@@ -47,6 +52,19 @@ EXECUTOR_ACK_WAIT_S = 6.0
 RUNNER_ACK_WAIT_S = 10.0
 STATUS_ACK_WAIT_S = 30.0  # events a dead wf-status held come again after this
 
+# The people's read-only views (wf/auth.py, docs/security.md): streams in the PEOPLE account that the
+# server keeps in step with WF's. WF_EVENTS republishes every event once it is stored under
+# VIEW_EVENTS_PREFIX, which PEOPLE imports back onto `wf.evt.>` (its own WF_EVENTS stores them, and
+# `nats sub 'wf.evt.>'` sees them live); KV_wf_status and KV_wf_es are mirrors, whose consumers in WF
+# are created through WF's JetStream API as PEOPLE imports it (VIEW_JS_API) and deliver under
+# VIEW_DELIVER_PREFIX.
+VIEW_EVENTS_PREFIX = "wf.view.evt"
+VIEW_DELIVER_PREFIX = "wf.view.mirror"
+VIEW_JS_API = "$JS.wf.API"
+VIEW_MIRRORS = (STATUS_BUCKET, ES_BUCKET)
+VIEW_MAX_CONSUMERS = 1000  # consumers a view holds at most (people's ordered consumers, watches)
+VIEW_CONSUMER_INACTIVE_S = 300.0  # the longest a person's consumer may stay unused; also its default
+
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     return [
@@ -58,6 +76,7 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             duplicate_window=DUPLICATE_WINDOW_S,
             allow_direct=True,
             num_replicas=replicas,
+            republish=RePublish(src="wf.evt.>", dest=f"{VIEW_EVENTS_PREFIX}.>"),
         ),
         StreamConfig(
             name=JOBS_STREAM,
@@ -113,3 +132,30 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     await js.create_key_value(bucket=UPLOADS_BUCKET, history=1, direct=True, replicas=replicas, ttl=UPLOAD_TTL_S,
                               max_bytes=UPLOADS_MAX_BYTES)
     await js.create_object_store(WORKREQ_BUCKET, ObjectStoreConfig(replicas=replicas))
+
+
+def view_configs(replicas: int = 1) -> list[StreamConfig]:
+    """The PEOPLE account's views (created with the `views` role's credential)."""
+    limits = StreamConsumerLimits(inactive_threshold=VIEW_CONSUMER_INACTIVE_S)
+    common = dict(storage=StorageType.FILE, allow_direct=True, num_replicas=replicas, deny_delete=True,
+                  deny_purge=True, max_consumers=VIEW_MAX_CONSUMERS, consumer_limits=limits)
+    views = [
+        StreamConfig(name=EVENTS_STREAM, subjects=["wf.evt.>"], retention=RetentionPolicy.LIMITS,
+                     duplicate_window=DUPLICATE_WINDOW_S, **common),  # type: ignore[arg-type]
+    ]
+    for bucket in VIEW_MIRRORS:
+        stream = f"KV_{bucket}"
+        external = ExternalStream(api=VIEW_JS_API, deliver=f"{VIEW_DELIVER_PREFIX}.{bucket}")
+        views.append(StreamConfig(name=stream, mirror=StreamSource(name=stream, external=external),
+                                  max_msgs_per_subject=1, discard=DiscardPolicy.NEW,
+                                  **common))  # type: ignore[arg-type]
+    return views
+
+
+async def ensure_views(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create or update the PEOPLE account's views; safe to run any number of times."""
+    for config in view_configs(replicas):
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
