@@ -31,6 +31,10 @@ log = structlog.get_logger()
 
 SERVICES = ("intake", "policy", "status", "executor", "jobrunner")
 STOP_GRACE_S = 10.0
+# A service process that is alive but has not answered `$SRV.PING` for this long (its connection or
+# its event loop stopped working) is killed, and so restarted like any process that dies.
+WEDGED_AFTER_S = float(os.environ.get("WF_WEDGED_AFTER_S", "10"))
+WATCH_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,12 +90,17 @@ class Supervised:
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.last_answer = 0.0  # loop time of its last answer to `$SRV.PING` (or of its start)
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, env=self.env, start_new_session=True, preexec_fn=die_with_parent
         )
+        self.last_answer = asyncio.get_running_loop().time()
         log.info("process_started", process=self.name, pid=self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
 
     async def supervise(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -147,10 +156,15 @@ def free_port() -> int:
 
 async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignore[no-untyped-def]
     """How many instances of each service answer `$SRV.PING` right now."""
+    return Counter(name for name, _ in (await ping_instances(nc, wait_s)).values())
+
+
+async def ping_instances(nc, wait_s: float = 0.3) -> dict[str, tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """Every instance that answers `$SRV.PING` right now: id -> (service name, process id or 0)."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     await nc.publish("$SRV.PING", b"", reply=inbox)
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, int]] = {}
     loop = asyncio.get_running_loop()
     end = loop.time() + wait_s
     try:
@@ -161,12 +175,13 @@ async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignor
                 break
             try:
                 info = json.loads(msg.data)
-                seen[info["id"]] = info["name"]
-            except (ValueError, KeyError, TypeError):
+                pid = (info.get("metadata") or {}).get("pid", "0")
+                seen[info["id"]] = (info["name"], int(pid) if str(pid).isdigit() else 0)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a "no responders" status, or something that is not a micro service
     finally:
         await sub.unsubscribe()
-    return Counter(seen.values())
+    return seen
 
 
 # Messages up to 8 MB: a 50,000-job WorkReq and its StatusResp go as one message each (NATS's
@@ -298,7 +313,7 @@ class System:
                 await svc.start()
                 tasks.append(asyncio.create_task(svc.supervise(stopping)))
             await self._announce_when_ready(nc, stop)
-            await stop.wait()
+            await self._kill_wedged_until(nc, stop)
             await nc.close()
         finally:
             stopping.set()
@@ -311,6 +326,35 @@ class System:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             log.info("wf_up_stopped")
+
+    async def _kill_wedged_until(self, nc, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+        """Every second, ping every service; one whose process is alive but has not answered for
+        WEDGED_AFTER_S (a wedged connection, a blocked event loop, a stopped process) is killed, so
+        its supervisor starts it again."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                if not nc.is_connected:
+                    raise nats.errors.ConnectionClosedError
+                answering = {pid for _, pid in (await ping_instances(nc)).values()}
+            except (nats.errors.Error, OSError) as exc:  # our own connection is down: judge nobody
+                log.warning("watch_ping_failed", error=repr(exc))
+                answering = None
+            now = loop.time()
+            for svc in self.services:
+                if not svc.alive() or svc.proc is None:
+                    continue
+                if answering is None or svc.proc.pid in answering:
+                    svc.last_answer = now
+                elif now - svc.last_answer > WEDGED_AFTER_S:
+                    log.warning("process_wedged", process=svc.name, pid=svc.proc.pid,
+                                silent_s=round(now - svc.last_answer, 1))
+                    svc.proc.kill()
+                    svc.last_answer = now
+            try:
+                await asyncio.wait_for(stop.wait(), WATCH_EVERY_S)
+            except TimeoutError:
+                pass
 
     async def _announce_when_ready(self, nc, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()

@@ -105,8 +105,10 @@ async def shutdown(nc: Client, *pull_subs: Puller, timeout_s: float = 3.0) -> No
 
 async def start_micro(nc: Client, name: str, version: str, description: str) -> Service:
     """The micro service (`$SRV.PING|INFO|STATS`). With `WF_SERVICE_ID_FILE` set, its instance id is
-    written there, so a container healthcheck can ping this very instance (`wf ping NAME --id-file F`)."""
-    service = await nats.micro.add_service(nc, name=name, version=version, description=description)
+    written there, so a container healthcheck can ping this very instance (`wf ping NAME --id-file F`).
+    Its metadata carries the process id, by which `wf up` tells a wedged process from a live one."""
+    service = await nats.micro.add_service(nc, name=name, version=version, description=description,
+                                           metadata={"pid": str(os.getpid())})
     id_file = os.environ.get("WF_SERVICE_ID_FILE")
     if id_file:
         Path(id_file).write_text(service.id)
