@@ -1,15 +1,27 @@
-# The two commands of the README: `make demo` and `make test`. Each creates .venv if it is missing.
+# The two commands of the README: `make demo` and `make test`. Each creates .venv if it is missing,
+# installing the exact versions (and hashes) in requirements.lock.
+#   make lock         regenerate requirements.lock and requirements-runtime.lock (the Dockerfile's) with the
+#                     newest releases pyproject.toml's ranges allow (uv, in a throwaway .venv-lock); then make test
+#   make test-latest  the newest releases of everything, no lock, in a separate .venv-latest, then the unit
+#                     tests: finds breakage by a new release on purpose, before a new machine does
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LATEST_VENV ?= .venv-latest
+LOCK_VENV ?= .venv-lock
+# one resolution for Python 3.11 and later on any platform (every wheel's hash), the same for both files
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--upgrade --quiet --custom-compile-command 'make lock'
 
-.PHONY: demo test up soak clean
+CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
 
-$(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
+.PHONY: demo test test-latest lock up soak clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 demo: $(VENV)/.installed
@@ -21,8 +33,23 @@ up: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+test-latest:  ## the newest release of every dependency (no lock) in $(LATEST_VENV), then the unit tests
+	$(CHECK_PYTHON)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable
+	$(LATEST_VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+lock:  ## regenerate both lock files with the newest releases within pyproject.toml's ranges
+	$(CHECK_PYTHON)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade uv
+	$(UV_COMPILE) --extra dev -o requirements.lock
+	$(UV_COMPILE) --constraint requirements.lock -o requirements-runtime.lock
+
 soak: $(VENV)/.installed  ## random faults over many workflows for WF_SOAK_S seconds (default 600)
 	$(PY) -m pytest -q -s -m soak tests/chaos $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .wf .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV) .wf .pytest_cache

@@ -2,10 +2,14 @@
 
     python -m schemas.jsonschema           # rewrite schemas/json/
     python -m schemas.jsonschema --check   # exit 1 if schemas/json/ is stale
+
+What msgspec writes is normalised first (descriptions dedented and joined, anyOf/oneOf sorted), so the
+files change only when the wire types do, whatever msgspec release made them.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -41,8 +45,47 @@ TITLES = {
 }
 
 
+# Values that are JSON data rather than schema: a "description" key inside them is not a description.
+DATA_KEYWORDS = frozenset({"default", "const", "enum", "examples"})
+# Lists of alternatives whose order means nothing (msgspec < 0.22 put `null` first in `X | None`).
+UNORDERED = frozenset({"anyOf", "oneOf"})
+# Maps from a name (any name, "default" included) to a schema.
+NAMED_SCHEMAS = frozenset({"properties", "$defs", "patternProperties", "dependentSchemas"})
+
+
+def normalize_text(text: str) -> str:
+    """A description as written in a docstring, independent of how msgspec copied it: indentation
+    removed (msgspec < 0.23 kept the docstring's, 0.23 strips it), lines within a paragraph joined
+    with single spaces, paragraphs separated by one blank line."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in para.splitlines() if line.strip()) for para in paragraphs).strip()
+
+
+def normalize(schema: Any) -> Any:
+    """A JSON Schema as msgspec made it, with what differs between msgspec releases but means the
+    same made canonical: every "description" normalised (normalize_text), the alternatives of
+    anyOf/oneOf sorted. Everything else unchanged."""
+    if isinstance(schema, list):
+        return [normalize(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "description" and isinstance(value, str):
+            out[key] = normalize_text(value)
+        elif key in DATA_KEYWORDS:
+            out[key] = value
+        elif key in UNORDERED and isinstance(value, list):
+            out[key] = sorted((normalize(sub) for sub in value), key=lambda sub: json.dumps(sub, sort_keys=True))
+        elif key in NAMED_SCHEMAS and isinstance(value, dict):
+            out[key] = {name: normalize(sub) for name, sub in value.items()}  # a property may be named "description"
+        else:
+            out[key] = normalize(value)
+    return out
+
+
 def render(name: str, typ: Any) -> str:
-    schema = msgspec.json.schema(typ)
+    schema = normalize(msgspec.json.schema(typ))
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": TITLES.get(name, f"Event {name}"), **schema}
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import nats
@@ -20,14 +22,27 @@ import nats.js.errors
 from nats.aio.client import Client
 
 from services.common.bus import server_urls, tls_context
+from services.common.es import enforced_emergency_stops, read_emergency_stops
 from services.common.es_seed import seed_emergency_stops
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
-from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology
+from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology, ensure_views
 from services.inventory import InventoryError, load_inventory
 
 from . import auth, bench, client
 from .erase import EraseRefused, erase_satellite_workreq
+from .failures import (
+    NEEDS,
+    Failure,
+    Guard,
+    credential_hint,
+    describe,
+    explain,
+    is_authorization_violation,
+    one_line,
+    redact,
+    unreachable,
+)
 from .render import TERMINAL, list_table, render, summary_line
 from .up import UpOptions, die_with_parent, free_port, run_up, write_env_file
 
@@ -44,18 +59,44 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-async def _connect(args: argparse.Namespace, role: str = "client") -> Client:
-    url = client.nats_url(Path(args.data_dir), role)
+async def _connect(args: argparse.Namespace, role: str = "client", url: str | None = None) -> Client:
+    """A connection as `role` (`url`, else its `<data-dir>/<role>.env` unless WF_NATS_URL is set) that
+    fails in one line: each server is tried twice, then Failure; nats-py's errors go to our Guard."""
+    data_dir = Path(args.data_dir)
+    url = url or client.nats_url(data_dir, role)
+    guard = Guard(role, url, data_dir, debug=getattr(args, "debug", False))
+    args.guards = [*getattr(args, "guards", []), guard]
     try:
-        return await nats.connect(server_urls(url), name="wf-cli", allow_reconnect=False, connect_timeout=3,
-                                  tls=tls_context())
-    except (nats.errors.NoServersError, OSError) as exc:
-        raise SystemExit(f"wf: cannot reach NATS at {url} ({exc}); is `wf up` running? (WF_NATS_URL, --data-dir)") from None
+        nc = await nats.connect(server_urls(url), name="wf-cli", allow_reconnect=False, max_reconnect_attempts=1,
+                                reconnect_time_wait=0, connect_timeout=3, tls=tls_context(), error_cb=guard.error_cb)
+        guard.connected = True
+        return nc
+    except nats.errors.NoServersError as exc:  # every attempt failed: the last one's error says why
+        raise unreachable(url, describe(guard.last_error())) from exc
+    except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        if is_authorization_violation(exc):
+            raise Failure(f"NATS at {redact(url)} refused the credential (authorization violation)",
+                          f"use WF_NATS_URL from {data_dir / (role + '.env')} of the running `wf up` "
+                          "(each `wf up` makes new passwords)") from exc
+        raise unreachable(url, describe(exc)) from exc
+
+
+# What to do about each of the contract's error replies (the message says the cause).
+ERROR_HINTS = {
+    400: "change the request and send it again",
+    404: "check the id: `wf ls` lists recent workflows",
+    409: "`wf status ID` shows where it is",
+    412: "`wf status ID` shows its verdict; past the exec window, submit it again",
+    423: "an emergency stop holds that WorkReq name: `wf es go NAME` (operator credential) lifts it",
+    429: "too many requests in flight: retry in a moment",
+    503: "a dependency is down or the policy configuration is invalid: see `wf up`'s log, then retry",
+}
 
 
 def _error_text(err: client.WfError) -> str:
     extra = f" (id {err.body['id']}, verdict {err.body.get('verdict')})" if "id" in err.body else ""
-    return f"error {err.code}: {err.message}{extra}"
+    hint = ERROR_HINTS.get(err.code, "see `wf up`'s log" if err.code != 413 else "")
+    return one_line(f"error {err.code}: {err.message}{extra}" + (f"; {hint}" if hint else ""))
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
@@ -98,19 +139,26 @@ async def cmd_es(args: argparse.Namespace) -> int:
     """Emergency stops in KV `wf_es` (operator role): `stop NAME`, `go NAME`, `show`."""
     nc = await _connect(args, role="operator")
     try:
-        kv = await nc.jetstream().key_value(ES_BUCKET)
+        try:
+            kv = await nc.jetstream().key_value(ES_BUCKET)
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+            # what a credential without the operator's rights may see instead of a permissions violation
+            raise Failure(f"the emergency-stop bucket {ES_BUCKET} is out of this credential's reach ({type(exc).__name__})",
+                          f"{NEEDS['operator']}: {credential_hint('operator', Path(args.data_dir))}") from exc
         if args.action in ("stop", "go"):
             if not args.name:
                 return _fail(f"wf es {args.action} needs a WorkReq name")
             await kv.put(args.name, args.action.encode())
             print(f"{args.name} {args.action}")
             return 0
-        try:
-            keys = sorted(await kv.keys())
-        except nats.js.errors.NoKeysError:
-            keys = []
-        for key in keys:
-            print(f"{key} {(await kv.get(key)).value.decode()}")  # type: ignore[union-attr]
+        # what the services enforce (wf-intake's STATS), else the bucket read as they read it
+        # (services/common/es.py); a value other than exactly `go` is shown as the stop it is
+        values = await enforced_emergency_stops(nc)
+        if values is None:
+            values = await read_emergency_stops(nc.jetstream(), ES_BUCKET)
+            print("(no wf-intake answered: read from KV wf_es)", file=sys.stderr)
+        for key, value in sorted(values.items()):
+            print(f"{key} {value}" if value in ("go", "stop") else f"{key} stop (value {value!r})")
         print("(any name not listed is stopped)", file=sys.stderr)
         return 0
     finally:
@@ -153,7 +201,8 @@ def cmd_auth_export(args: argparse.Namespace) -> int:
         write_env_file(out / f"{role}.env", auth.role_url(args.server, role, credentials))
     print(f"wrote {conf} (include it in your nats-server configuration) and one <role>.env per role in {out}:")
     print("  services: WF_NATS_URL from intake.env, policy.env, executor.env, jobrunner.env, status.env")
-    print("  people and scripts: client.env; emergency stops: operator.env; wf setup: admin.env")
+    print("  people and scripts: client.env; emergency stops: operator.env;")
+    print("  wf setup: WF_NATS_URL from admin.env and WF_VIEWS_NATS_URL from views.env")
     return 0
 
 
@@ -279,13 +328,23 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 async def cmd_setup(args: argparse.Namespace) -> int:
     """What `wf up` does before starting services, for a NATS server (or cluster) of your own."""
-    nc = await _connect(args, role="operator")
+    nc = await _connect(args, role="admin")
     try:
         await ensure_topology(nc.jetstream(), replicas=args.stream_replicas)
         es = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), Path(args.config_dir) / "es.json")
     finally:
         await nc.close()
     print(f"streams, consumers and buckets are in place (replicas {args.stream_replicas})")
+    views_url = os.environ.get("WF_VIEWS_NATS_URL")
+    if views_url:
+        views = await _connect(args, role="views", url=views_url)
+        try:
+            await ensure_views(views.jetstream(), replicas=args.stream_replicas)
+        finally:
+            await views.close()
+        print("the people's views (WF_EVENTS, KV_wf_status, KV_wf_es in the PEOPLE account) are in place")
+    else:
+        print("the people's views were not set up: set WF_VIEWS_NATS_URL (views.env of `wf auth export`)")
     print("emergency stops: " + (", ".join(f"{k} {v}" for k, v in sorted(es.items())) or "none (everything stopped)"))
     return 0
 
@@ -298,8 +357,9 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         if args.id_file:
             subject += "." + Path(args.id_file).read_text().strip()
         await nc.request(subject, b"", timeout=args.timeout)
-    except (nats.errors.Error, OSError) as exc:
-        return _fail(f"{args.service} did not answer: {exc!r}")
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        return _fail(f"{args.service} did not answer $SRV.PING within {args.timeout:g} s ({type(exc).__name__}); "
+                     "is it running? `wf up` starts it (its log says why it stopped)")
     finally:
         await nc.close()
     return 0
@@ -377,9 +437,14 @@ async def _demo_workflow(args: argparse.Namespace) -> int:
     return await cmd_erase_satellite(args)
 
 
+DEBUG_HELP = "on failure, show the traceback (and nats-py's errors) too, not only the one line (or WF_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wf", description="The workflow service: run it, submit work, watch it.")
     parser.add_argument("--data-dir", default=".wf", help="where `wf up` keeps its store and client.env (default .wf)")
+    parser.add_argument("--debug", action="store_true", default=os.environ.get("WF_DEBUG", "") not in ("", "0"),
+                        help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole system until Ctrl-C")
@@ -468,19 +533,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=f"start everything, erase satellite {DEMO_SITE} (about a minute), watch it, stop")
     p.add_argument("--time-scale", type=float, default=0.07, help="0.07 makes the 14-minute erase take about a minute")
     p.set_defaults(func=cmd_demo, is_async=False)
+
+    for command in sub.choices.values():  # `wf submit X --debug` as well as `wf --debug submit X`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
+def _fatal(args: argparse.Namespace) -> Failure | None:
+    """Why a Guard of the command's connections ended it (a permissions violation, a lost connection)."""
+    return next((g.fatal for g in getattr(args, "guards", []) if g.fatal is not None), None)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    """An async command; when a Guard of its connections ends it, the Guard's Failure says why."""
+    try:
+        return await args.func(args)
+    except asyncio.CancelledError:
+        failure = _fatal(args)
+        if failure is None:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        raise failure from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every failure is one line on stderr, `wf: <cause>; <what to do>`, and exit 1 (130 on Ctrl-C);
+    with --debug (or WF_DEBUG=1) its traceback comes first."""
     args = build_parser().parse_args(argv)
+    if not args.debug and args.command not in ("up", "bench"):
+        # a command's connections report through Guard; what nats-py would still log goes with --debug
+        logging.getLogger("nats").addHandler(logging.NullHandler())
+        logging.getLogger("nats").propagate = False
     try:
         if args.is_async:
-            return asyncio.run(args.func(args))
+            return asyncio.run(_run(args))
         return int(args.func(args))
-    except client.Unreachable as exc:
-        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except (Exception, asyncio.CancelledError) as exc:
+        if args.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        return _fail(explain(_fatal(args) or exc if isinstance(exc, asyncio.CancelledError) else exc))
 
 
 if __name__ == "__main__":

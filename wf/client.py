@@ -58,9 +58,11 @@ async def call(
     try:
         msg = await nc.request(subject, body, timeout=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:
-        raise Unreachable(f"no service answers {subject}: is `wf up` running?") from None
+        raise Unreachable(f"no service answers {subject}; is `wf up` running? start it, or point WF_NATS_URL "
+                          "at the server it runs") from None
     except nats.errors.TimeoutError:
-        raise Unreachable(f"no reply on {subject} within {timeout_s:.0f} s") from None
+        raise Unreachable(f"no reply on {subject} within {timeout_s:.0f} s; the system is overloaded or a service "
+                          "is stuck: retry, and see `wf up`'s log") from None
     headers = msg.headers or {}
     data = json.loads(msg.data) if msg.data else {}
     code = headers.get("Nats-Service-Error-Code")

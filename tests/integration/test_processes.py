@@ -291,7 +291,8 @@ def test_the_cli_says_clearly_when_nobody_answers_even_a_large_workreq_sent_in_p
                               capture_output=True, text=True, timeout=60, check=False)
 
     nobody = submit(small)
-    assert nobody.returncode == 1 and nobody.stderr.strip() == "wf: no service answers wf.api.submit: is `wf up` running?"
+    nobody_said = "; is `wf up` running? start it, or point WF_NATS_URL at the server it runs"
+    assert nobody.returncode == 1 and nobody.stderr.strip() == "wf: no service answers wf.api.submit" + nobody_said
     large_nobody = submit(large)  # over the server's 1 MB: wf sends it in parts, to wf.api.upload first
     assert large_nobody.returncode == 1
-    assert large_nobody.stderr.strip() == "wf: no service answers wf.api.upload: is `wf up` running?"
+    assert large_nobody.stderr.strip() == "wf: no service answers wf.api.upload" + nobody_said

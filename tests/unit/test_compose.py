@@ -64,8 +64,10 @@ def test_the_dockerfile_is_slim_non_root_and_without_dev_dependencies():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.\d+-slim$", text, re.MULTILINE)
     assert re.search(r"^USER wf$", text, re.MULTILINE) and "useradd" in text
-    install = re.search(r"^RUN pip install (.*)$", text, re.MULTILINE).group(1)
-    assert "[dev]" not in install and "-e" not in install.split()
+    installs = re.findall(r"^RUN pip install (.*)$", text, re.MULTILINE)
+    assert installs[0] == "--require-hashes -r requirements-runtime.lock"  # exact versions, no dev dependencies
+    assert installs[1].startswith("--no-deps .")  # the package itself adds nothing unlocked
+    assert all("[dev]" not in install and "-e" not in install.split() for install in installs)
     for copied in re.findall(r"^COPY (\S+) ", text, re.MULTILINE):
         if copied not in ("pyproject.toml",):
             assert (REPO / copied).exists(), copied
