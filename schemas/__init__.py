@@ -26,6 +26,14 @@ def is_token(text: str) -> bool:
 
 # ---------------------------------------------------------------- WorkReq (outside input)
 
+# Bounds on the WorkReq's numbers (400 naming the field past them). A rate limit below 1 means 1 (the
+# contract's rule, so down to -10,000 is still accepted); above the most jobs a block may hold it
+# means nothing more. A failure budget above a million is no budget.
+MAX_RATE_LIMIT = 10_000
+MAX_FAILURES_LIMIT = 1_000_000
+RateLimit = Annotated[int, Meta(ge=-MAX_RATE_LIMIT, le=MAX_RATE_LIMIT)]
+FailureBudget = Annotated[int, Meta(ge=0, le=MAX_FAILURES_LIMIT)]
+
 
 class Job(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
@@ -35,7 +43,7 @@ class Job(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 class Block(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     desc: str = ""
-    rate_limit: int = 0
+    rate_limit: RateLimit = 0
     jobs: Annotated[list[Job], Meta(min_length=1)]
 
     @property
@@ -47,7 +55,7 @@ class Block(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class WorkReq(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Token
     desc: str = ""
-    max_failures: Annotated[int, Meta(ge=0)] | None = None
+    max_failures: FailureBudget | None = None
     blocks: Annotated[list[Block], Meta(min_length=1)]
 
 
@@ -227,6 +235,11 @@ class JobCompleted(_Event, tag="job.completed"):
     block: int
     job: int
     attempt: int = 1
+
+
+# A failed job's `error` when a runner cancelled it because its WorkReq name is emergency-stopped: the
+# executor takes it as the stop itself (the runner may have seen it first).
+ES_CANCELLED = "cancelled: emergency stop"
 
 
 class JobFailed(_Event, tag="job.failed", kw_only=True):

@@ -19,6 +19,7 @@ from nats.micro.service import Endpoint, Service
 from schemas import DECODE_ERRORS, encoder, id_request_decoder
 
 from .ids import is_valid_id
+from .strictjson import find_duplicate_key
 
 log = structlog.get_logger()
 
@@ -118,6 +119,9 @@ def decode_id(data: bytes) -> str:
         wf_id = id_request_decoder.decode(data).id
     except DECODE_ERRORS as exc:
         raise ApiError(400, f'request must be JSON {{"id": ID}}: {exc}') from None
+    duplicate = find_duplicate_key(data)
+    if duplicate:
+        raise ApiError(400, f'request must be JSON {{"id": ID}}: {duplicate}')
     if not is_valid_id(wf_id):
         raise ApiError(404, f"unknown id {wf_id!r}")
     return wf_id

@@ -1,4 +1,7 @@
-"""The seed's configuration format: a stream of JSON values (JSON lines, or pretty-printed objects)."""
+"""The seed's configuration format: a stream of JSON values (JSON lines, or pretty-printed objects).
+
+A key twice in one object is an error, not "last wins" (`{"Policies": [...], "Policies": []}` would
+otherwise quietly drop the first list)."""
 
 from __future__ import annotations
 
@@ -6,9 +9,20 @@ import json
 from typing import Any
 
 
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"not a stream of JSON objects: duplicate key {key!r} in one object")
+            seen.add(key)
+    return obj
+
+
 def json_stream(text: str) -> list[Any]:
     """Every JSON value in `text`, separated by white space; ValueError saying where it breaks."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs)
     values: list[Any] = []
     pos = 0
     while True:

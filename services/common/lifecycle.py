@@ -7,14 +7,14 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.micro
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.micro.service import Service
+from nats.micro.service import EndpointStats, Service
 
 from .logs import configure_logging
 from .pull import Puller
@@ -103,12 +103,16 @@ async def shutdown(nc: Client, *pull_subs: Puller, timeout_s: float = 3.0) -> No
             await nc.close()
 
 
-async def start_micro(nc: Client, name: str, version: str, description: str) -> Service:
+async def start_micro(
+    nc: Client, name: str, version: str, description: str,
+    stats_handler: Callable[[EndpointStats], Any] | None = None,
+) -> Service:
     """The micro service (`$SRV.PING|INFO|STATS`). With `WF_SERVICE_ID_FILE` set, its instance id is
     written there, so a container healthcheck can ping this very instance (`wf ping NAME --id-file F`).
-    Its metadata carries the process id, by which `wf up` tells a wedged process from a live one."""
+    Its metadata carries the process id, by which `wf up` tells a wedged process from a live one.
+    `stats_handler(endpoint stats)`: the `data` of an endpoint in `$SRV.STATS` (live state to report)."""
     service = await nats.micro.add_service(nc, name=name, version=version, description=description,
-                                           metadata={"pid": str(os.getpid())})
+                                           metadata={"pid": str(os.getpid())}, stats_handler=stats_handler)
     id_file = os.environ.get("WF_SERVICE_ID_FILE")
     if id_file:
         Path(id_file).write_text(service.id)

@@ -1,4 +1,5 @@
-"""Start-up loading shared by the services that need the job registry (policy and jobrunner)."""
+"""Start-up loading shared by the services that need the job registry (policy, jobrunner, and the
+executor, which tells gates apart with it)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from .settings import Settings
 log = structlog.get_logger()
 
 
-def job_registry_or_exit(settings: Settings, bucket_store: BucketStore | None = None) -> JobRegistry:
-    """The job registry, with the inventory and buckets it needs; a clear message and exit 2 otherwise."""
+def job_registry_or_exit(
+    settings: Settings, bucket_store: BucketStore | None = None, *, check_inventory: bool = True
+) -> JobRegistry:
+    """The job registry, with the inventory and buckets it needs; a clear message and exit 2 otherwise.
+    `check_inventory=False` for a service that never validates or runs a job (the executor)."""
     try:
         inventory = InventorySource(settings.inventory_dir)
-        inventory.current()  # fail start-up, not the first submit, on a bad inventory
+        if check_inventory:
+            inventory.current()  # fail start-up, not the first submit, on a bad inventory
         buckets = load_bucket_configs(settings.config_dir / "buckets.json")
         return load_jobs(JobEnv(inventory=inventory, buckets=buckets, bucket_store=bucket_store))
     except (InventoryError, BucketConfigError, ValueError) as exc:

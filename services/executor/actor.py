@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import nats.errors
 import structlog
@@ -41,9 +42,10 @@ class NotExecutable(Exception):
 class WorkflowActor:
     def __init__(
         self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops, limits: DispatchLimits | None,
-        lease: Lease,
+        lease: Lease, is_gate: Callable[[str], bool],
     ) -> None:
         self.js = js
+        self.is_gate = is_gate  # from this executor's own job registry, never from a failure event
         self.id = wf_id
         self.exec_msg = exec_msg
         self.lease = lease
@@ -175,7 +177,7 @@ class WorkflowActor:
     def _apply(self, ev: object) -> None:
         if isinstance(ev, Submitted):
             assert ev.req is not None  # resolved by _follow
-            self.progress = WorkflowProgress(self.id, ev.req)
+            self.progress = WorkflowProgress(self.id, ev.req, self.is_gate)
         elif isinstance(ev, Approved):
             self.approved = True
         elif self.progress is not None:

@@ -2,14 +2,23 @@
 
 The executor rebuilds this from the workflow's events (its own included) after any restart, so it
 holds nothing that is not derived from WF_EVENTS, except which commands are still waiting in the
-WF_JOBS work queue (`mark_dispatched`)."""
+WF_JOBS work queue (`mark_dispatched`).
+
+Gates (jobs that guard what follows them: `tokenBucket`, `validateDecom`, any plugin job with
+`gate = True`) are told apart here, from the executor's own job registry (`is_gate`), never from
+the failure event: whatever a gate's failure says (fatal or not, a crash, a timeout, retries or
+deliveries exhausted, a runner's own report), it ends the workflow as a fatal failure would, and no
+failure budget lets it through. Inside a block nothing after a gate is dispatched until the gate
+has completed, so nothing it guards runs before or without it."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas import (
+    ES_CANCELLED,
     BlockEnded,
     BlockStarted,
     CancelRequested,
@@ -30,6 +39,7 @@ class JobProgress:
     dispatched: bool = False
     status: str = "not_started"
     fatal: bool = False
+    gate: bool = False  # a gate: any failure of it is fatal; nothing after it in its block runs before it completed
 
     @property
     def in_flight(self) -> bool:
@@ -46,15 +56,18 @@ class Decision:
 
 
 class WorkflowProgress:
-    def __init__(self, wf_id: str, req: WorkReq) -> None:
+    def __init__(self, wf_id: str, req: WorkReq, is_gate: Callable[[str], bool]) -> None:
+        """`is_gate(job name)`: from the executor's job registry (`JobRegistry.gate_predicate`)."""
         self.id = wf_id
         self.req = req
         self.started = False
         self.ended = False
         self.stopped_by = ""  # "es" or "cancel" once a stop was requested
+        self.fatal_failure = False  # a fatal failure (or any failure of a gate) happened: the workflow ends
         self.blocks_started: set[int] = set()
         self.blocks_ended: dict[int, str] = {}
-        self.jobs = [[JobProgress() for _ in block.jobs] for block in req.blocks]
+        gates = {name: bool(is_gate(name)) for name in {job.name for block in req.blocks for job in block.jobs}}
+        self.jobs = [[JobProgress(gate=gates[job.name]) for job in block.jobs] for block in req.blocks]
 
     # ------------------------------------------------------------ what happened
 
@@ -77,6 +90,10 @@ class WorkflowProgress:
             case BlockEnded():
                 self.blocks_ended.setdefault(ev.block, ev.status)
             case JobStarted() | JobCompleted() | JobFailed():
+                if isinstance(ev, JobFailed) and ev.error == ES_CANCELLED:
+                    # a runner saw the name stopped before this executor did (each follows wf_es on
+                    # its own; after a purge each notices at its own check): the same stop, now
+                    self.stop("es")
                 job = self._job(ev.block, ev.job)
                 if job is None:
                     return
@@ -88,7 +105,8 @@ class WorkflowProgress:
                 elif isinstance(ev, JobCompleted):
                     job.status = "completed"
                 else:
-                    job.status, job.fatal = "failed", ev.fatal
+                    job.status, job.fatal = "failed", ev.fatal or job.gate
+                    self.fatal_failure = self.fatal_failure or job.fatal
 
     def mark_dispatched(self, block: int, job: int) -> None:
         found = self._job(block, job)
@@ -111,10 +129,12 @@ class WorkflowProgress:
     # ------------------------------------------------------------ what to do next
 
     def halt_reason(self, block: int) -> str:
-        """Why nothing more may be dispatched in this block, or "" to go on."""
+        """Why nothing more may be dispatched in this block, or "" to go on. A fatal failure counts
+        wherever it happened: an executor that took over after its block's `ended` event was stored
+        but before the workflow's must not start the next block."""
         if self.stopped_by:
             return self.stopped_by
-        if any(job.fatal for job in self.jobs[block]):
+        if self.fatal_failure:
             return "fatal"
         if self.over_failure_budget:
             return "max_failures"
@@ -123,9 +143,11 @@ class WorkflowProgress:
     def decide(self, now: float | None = None) -> Decision:
         """The events and job commands to emit now; applying them is the caller's job.
 
-        A fatal failure, a spent failure budget, an emergency stop or a cancel ends the block and
-        the workflow at once: nothing more is dispatched, no later block starts, and the jobs still
-        running are the runners' to cancel when they see the workflow end."""
+        A fatal failure (any failure of a gate is one), a spent failure budget, an emergency stop or
+        a cancel ends the block and the workflow at once: nothing more is dispatched, no later block
+        starts, and the jobs still running are the runners' to cancel when they see the workflow
+        end. Inside a block, commands go out in job order up to the rate limit, and none after a
+        gate that has not completed."""
         at = time.time() if now is None else now
         out = Decision()
         if self.ended:
@@ -155,6 +177,8 @@ class WorkflowProgress:
                 if not job.dispatched:
                     out.dispatch.append((b, j))
                     in_flight += 1
+                if job.gate and job.status != "completed":
+                    break  # what the gate guards waits for it
             if in_flight or not all(job.dispatched for job in jobs):
                 return out  # the block is still running
             out.events.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from nats.aio.msg import Msg
@@ -16,6 +17,7 @@ from services.common.es import EmergencyStops
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.ids import new_id
+from services.common.startup import job_registry_or_exit
 from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER, LEASES_BUCKET
 
 from .actor import WorkflowActor
@@ -27,9 +29,11 @@ log = structlog.get_logger()
 
 class Executor:
     def __init__(
-        self, js: JetStreamContext, es: EmergencyStops, limits: DispatchLimits | None, leases: KeyValue
+        self, js: JetStreamContext, es: EmergencyStops, limits: DispatchLimits | None, leases: KeyValue,
+        is_gate: Callable[[str], bool],
     ) -> None:
         self.js = js
+        self.is_gate = is_gate
         self.es = es
         self.limits = limits
         self.leases = leases
@@ -58,7 +62,7 @@ class Executor:
             actor.renew(msg)
             return
         lease = Lease(self.js, self.leases, ev.id, self.instance)
-        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits, lease)
+        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits, lease, self.is_gate)
         self.actors[ev.id] = actor
         task = asyncio.create_task(self._run(actor))
         self.tasks.add(task)
@@ -89,8 +93,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     service = await start_micro(nc, "wf-executor", VERSION, "runs approved workflows")
     es = EmergencyStops()
-    es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
-    es_task = asyncio.create_task(es.follow(es_kv, stop))
+    await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)  # the bucket exists
+    es_task = asyncio.create_task(es.follow(js, stop, ES_BUCKET))
     await es.ready.wait()  # never run a workflow before knowing whether its name is stopped
     try:
         buckets = load_bucket_configs(settings.config_dir / "buckets.json")
@@ -101,7 +105,12 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     limits = DispatchLimits(buckets, BucketStore(buckets_kv))
     log.info("dispatch_limits", jobs=sorted(limits.by_job))
     leases = await when_ready(lambda: js.key_value(LEASES_BUCKET), stop, what=LEASES_BUCKET)
-    executor = Executor(js, es, limits, leases)
+    # The job registry (built-ins and plugins, as the runners load it) tells the gates apart: the
+    # executor decides from it that a gate's failure ends the workflow, whatever the event says.
+    jobs = job_registry_or_exit(settings, check_inventory=False)
+    is_gate = jobs.gate_predicate()
+    log.info("gate_jobs", jobs=[name for name in jobs.names() if is_gate(name)])
+    executor = Executor(js, es, limits, leases, is_gate)
     log.info("executor_instance", instance=executor.instance)
     sub = await bind_durable(nc, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
     async for batch in fetch_batches(sub, 32, stop):

@@ -48,6 +48,7 @@ from services.common.es import EmergencyStops
 from services.common.ids import new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
+from services.common.strictjson import workreq_duplicate_key
 from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET, UPLOADS_BUCKET
 from services.common.workreqs import HEADROOM, fits, max_body, store
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
@@ -246,6 +247,10 @@ class Intake:
         too_much = check_limits(req, self.limits)
         if too_much:
             raise ApiError(400, f"WorkReq too large: {too_much}")
+        req_json = encoder.encode(req)
+        duplicate = workreq_duplicate_key(data, req, req_json)
+        if duplicate:  # msgspec keeps the last value of a repeated key: what the submitter meant is unclear
+            raise ApiError(400, f"not a valid WorkReq: {duplicate}")
         key = (request.headers or {}).get(IDEMPOTENCY_HEADER, "")
         if len(key) > MAX_IDEMPOTENCY_KEY:
             raise ApiError(400, f"{IDEMPOTENCY_HEADER} is longer than {MAX_IDEMPOTENCY_KEY} characters")
@@ -261,7 +266,7 @@ class Intake:
             if not fresh and await self._stored_verdict(wf_id, verdict):
                 log.info("submit_repeated", outcome="same_workflow")  # a retry: the workflow exists
             else:
-                await self._record_submission(wf_id, req, once=bool(key))
+                await self._record_submission(wf_id, req, req_json, once=bool(key))
             try:
                 msg = await asyncio.wait_for(verdict, timeout=self.settings.verdict_wait_s)
             except TimeoutError:
@@ -285,13 +290,13 @@ class Intake:
             raise ApiError(503, f"could not read workflow {wf_id} of this {IDEMPOTENCY_HEADER}: {exc!r}") from None
         return True
 
-    async def _record_submission(self, wf_id: str, req: WorkReq, once: bool) -> None:
+    async def _record_submission(self, wf_id: str, req: WorkReq, req_json: bytes, once: bool) -> None:
         if self.policy_state.error:
             raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
         self._check_not_stopped(req.name)
         headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if once else None
         try:
-            await publish_event(self.js, await self._submitted(wf_id, req), headers=headers)
+            await publish_event(self.js, await self._submitted(wf_id, req, req_json), headers=headers)
         except nats.js.errors.APIError as exc:
             if once and wrong_last_sequence(exc):
                 return  # a concurrent submit with the same key wrote it first: one workflow
@@ -300,11 +305,10 @@ class Intake:
             retry = f"retry with the same {IDEMPOTENCY_HEADER} to be sure" if once else f"send a {IDEMPOTENCY_HEADER} to retry safely"
             raise ApiError(503, f"the submission was not acknowledged ({exc!r}); {retry}") from None
 
-    async def _submitted(self, wf_id: str, req: WorkReq) -> Submitted:
+    async def _submitted(self, wf_id: str, req: WorkReq, req_json: bytes) -> Submitted:
         """The event; when it would exceed the server's max payload, the WorkReq goes to the object
         store first and the event says where (services/common/workreqs.py)."""
         ev = Submitted(id=wf_id, at=time.time(), req=req)
-        req_json = encoder.encode(req)
         if fits(self.nc.max_payload, len(req_json) + 256):
             return ev
         stored = await store(self.js, wf_id, req_json, req.name, self.nc.max_payload)
@@ -381,14 +385,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     config_kv = await when_ready(lambda: js.key_value(CONFIG_BUCKET), stop, what=CONFIG_BUCKET)
     follow_task = asyncio.create_task(policy_state.follow(config_kv, stop))
     es = EmergencyStops()
-    es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
-    es_task = asyncio.create_task(es.follow(es_kv, stop))
+    await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)  # the bucket exists
+    es_task = asyncio.create_task(es.follow(js, stop, ES_BUCKET))
     await es.ready.wait()
     idem_kv = await when_ready(lambda: js.key_value(IDEMPOTENCY_BUCKET), stop, what=IDEMPOTENCY_BUCKET)
     uploads = Uploads(await when_ready(lambda: js.key_value(UPLOADS_BUCKET), stop, what=UPLOADS_BUCKET), nc)
     intake = Intake(nc, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv),
                     uploads)
-    service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests")
+    # its STATS report the emergency stops it enforces: what `wf es show` prints
+    service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests",
+                                stats_handler=lambda endpoint: es.stats_data(endpoint.name))
     endpoints = [
         ConcurrentEndpoint("submit", intake.submit, settings.max_in_flight),
         ConcurrentEndpoint("exec", intake.exec, settings.max_in_flight),

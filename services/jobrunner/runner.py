@@ -7,6 +7,10 @@ command replayed into the work queue) is only acked, not run again, whatever the
 window; one
 delivered more than `max_deliveries` times fails with an error that says so, so it never hangs.
 
+A gate's failure (a job with `gate = True`: tokenBucket, validateDecom) is reported `fatal`,
+whatever caused it; the executor does not rely on that (it tells gates apart with its own job
+registry), but the event then says what the failure does.
+
 A job's task is cancelled (not just ignored) when its workflow ends early (fatal failure, failure
 budget, emergency stop, cancel) or its WorkReq name is emergency-stopped; it is then reported
 `failed` with the reason. Commands of such workflows that were not started yet are dropped."""
@@ -25,6 +29,7 @@ from nats.js import JetStreamContext
 
 from schemas import (
     DECODE_ERRORS,
+    ES_CANCELLED,
     JobCommand,
     JobCompleted,
     JobFailed,
@@ -38,7 +43,7 @@ from services.common.bus import decode_or_terminate, last_event, publish_event, 
 from services.common.es import EmergencyStops
 from services.common import workreqs
 from services.common.topology import RUNNER_ACK_WAIT_S
-from services.jobs import Job, JobContext, JobError, JobRegistry
+from services.jobs import Job, JobContext, JobError, JobRegistry, is_gate
 
 log = structlog.get_logger()
 KEEPALIVE_S = RUNNER_ACK_WAIT_S / 3
@@ -46,7 +51,7 @@ ENDED_MEMORY = 10_000  # ids of recently ended workflows (small)
 APPROVED_MEMORY = 256  # verified WorkReqs (large): the workflows this runner is working for
 
 STOP_REASONS = {
-    "es": "cancelled: emergency stop",
+    "es": ES_CANCELLED,
     "cancel": "cancelled by request",
     "fatal": "cancelled: a fatal failure ended its block",
     "max_failures": "cancelled: the workflow's failure budget was spent",
@@ -233,8 +238,10 @@ class JobRunner:
             return "already_ended"
         return ""
 
-    @staticmethod
-    def _failed(cmd: JobCommand, attempt: int, error: str, *, fatal: bool = False, retrying: bool = False) -> JobFailed:
+    def _failed(self, cmd: JobCommand, attempt: int, error: str, *, fatal: bool = False, retrying: bool = False) -> JobFailed:
+        """The one place a failure is made: a gate's failure for good is always fatal."""
+        job = self.jobs.get(cmd.name)
+        fatal = fatal or job is None or (is_gate(job) and not retrying)
         return JobFailed(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time(),
                          error=error, fatal=fatal, retrying=retrying)
 

@@ -42,8 +42,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     buckets_kv = await when_ready(lambda: js.key_value(BUCKETS_BUCKET), stop, what=BUCKETS_BUCKET)
     jobs = job_registry_or_exit(settings, BucketStore(buckets_kv))
     es = EmergencyStops()
-    es_kv = await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)
-    es_task = asyncio.create_task(es.follow(es_kv, stop))
+    await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)  # the bucket exists
+    es_task = asyncio.create_task(es.follow(js, stop, ES_BUCKET))
     await es.ready.wait()
     runner = JobRunner(js, jobs, settings.time_scale, es, settings.max_deliveries)
     ended_sub = await js.subscribe(

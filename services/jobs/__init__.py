@@ -3,11 +3,19 @@
 Each job is one module whose docstring states, as the seed's files do, its `Register name`, its
 `Args` (mandatory or optional, with an example) and its `Result`. The registry is an explicit
 list built at start-up and passed in: nothing registers itself on import.
+
+A job that guards what follows it declares itself a **gate** (class attribute `gate = True`):
+`tokenBucket` and `validateDecom` do. Any failure of a gate, whatever its kind (a JobError fatal
+or not, a crash, a timeout, retries or deliveries exhausted, a failure the runner reports for it),
+ends its workflow: the executor decides that from its own job registry (`is_gate`), not from the
+failure event, and dispatches nothing in the gate's block after the gate until the gate has
+completed (docs/safety.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,7 +66,8 @@ class JobContext:
 
 
 class Job(Protocol):
-    """A job. It may also set `max_attempts` (default 1: no retry) and `retry_base_s` (default 1.0)."""
+    """A job. It may also set `max_attempts` (default 1: no retry), `retry_base_s` (default 1.0) and
+    `gate` (default False: True makes any failure of it end the workflow; see the module's docstring)."""
 
     name: str
     mandatory_args: frozenset[str]
@@ -69,6 +78,28 @@ class Job(Protocol):
 
     async def run(self, args: Mapping[str, str], ctx: JobContext) -> None:
         """Do the work; raise JobError to fail."""
+
+
+def is_gate(job: object) -> bool:
+    """Whether a job guards what follows it: its class says `gate = True`."""
+    return bool(getattr(job, "gate", False))
+
+
+_WHOLE_NUMBER_RE = re.compile(r"[0-9]{1,18}")
+
+
+def parse_whole_number(arg: str, text: str, low: int, high: int) -> int:
+    """A numeric job argument: plain decimal digits (0-9 only: no sign, underscore, exponent,
+    decimal point, white space or other scripts' digits) whose value is from `low` to `high`;
+    ArgError naming the argument otherwise."""
+    bounds = f"a whole number from {low:,} to {high:,} in plain digits"
+    if not _WHOLE_NUMBER_RE.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ArgError(arg, f"{arg!r} must be {bounds}, got {shown!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ArgError(arg, f"{arg!r} must be {bounds}, got {value:,}")
+    return value
 
 
 class JobRegistry:
@@ -91,6 +122,13 @@ class JobRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._jobs)
+
+    def gate_predicate(self) -> Callable[[str], bool]:
+        """For the executor: whether a job name is a gate. A name this registry does not know counts
+        as a gate (fail closed: a job registered elsewhere cannot fail open here)."""
+        gates = frozenset(name for name, job in self._jobs.items() if is_gate(job))
+        known = frozenset(self._jobs)
+        return lambda name: name in gates or name not in known
 
     def validate(self, name: str, args: Mapping[str, str]) -> None:
         """Check a job's name and args; raises ArgError naming the argument."""

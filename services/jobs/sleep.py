@@ -1,7 +1,8 @@
 """Register name: "sleep"
 
 Args:
-    "seconds"(mandatory): whole seconds to wait, an integer >= 1, like "60".
+    "seconds"(mandatory): whole seconds to wait, from 1 to 86,400 (a day), in plain decimal
+        digits, like "60" (no sign, underscore, exponent, decimal point or white space).
         The wait is multiplied by the runner's `--time-scale` (0 makes it instant).
 
 Result:
@@ -13,17 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from . import ArgError, JobContext
+from . import JobContext, parse_whole_number
+
+MAX_SECONDS = 86_400
 
 
 def parse_seconds(text: str) -> int:
-    try:
-        seconds = int(text)
-    except ValueError:
-        raise ArgError("seconds", f"'seconds' must be an integer >= 1, got {text!r}") from None
-    if seconds < 1:
-        raise ArgError("seconds", f"'seconds' must be an integer >= 1, got {text!r}")
-    return seconds
+    return parse_whole_number("seconds", text, 1, MAX_SECONDS)
 
 
 class SleepJob:

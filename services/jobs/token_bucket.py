@@ -10,6 +10,11 @@ Result:
     cancelled and no later Block starts). fatal=false: waits until a token comes (sleeping until
     the next refill is due, not polling), or until the workflow is cancelled.
     (The seed parsed "false" as true; here "false" means wait.)
+
+Gate: yes (`gate = True`). It guards what follows it, so ANY failure of it ends the workflow, not
+only "no token" with fatal=true: a malformed bucket state in KV `wf_buckets`, a NATS timeout, a
+crash, a cancel. Nothing after it in its Block is dispatched until it has completed, and no later
+Block starts after it failed. (Before, a crash was a non-fatal failure and the erase went on.)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ FATAL_WAIT_S = 1.0
 
 class TokenBucketJob:
     name = "tokenBucket"
+    gate = True
     mandatory_args = frozenset({"bucket", "fatal"})
     optional_args: frozenset[str] = frozenset()
 

@@ -8,6 +8,10 @@ Args:
 Result:
     Checks, when it runs, that the site is still in the inventory and still in "decom". If not,
     it fails fatally: the rest of its Block is cancelled and no later Block starts.
+
+Gate: yes (`gate = True`). Any failure of it (an unusable inventory, a crash, a timeout, a
+failure the runner reports for it) ends the workflow the same way, and nothing after it in its
+Block is dispatched until it has completed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from . import ArgError, JobContext, JobError, inventory_or_arg_error
 
 class ValidateDecomJob:
     name = "validateDecom"
+    gate = True
     mandatory_args = frozenset({"site", "type"})
     optional_args: frozenset[str] = frozenset()
 

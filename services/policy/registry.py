@@ -101,6 +101,9 @@ def parse_policy_config(text: str, policies: PolicyRegistry, jobs: JobRegistry) 
             raise ConfigError(f"entry {n}: {exc}") from None
         if entry.Name in by_name:
             raise ConfigError(f"entry {n}: WorkReq name {entry.Name!r} appears twice")
+        if not entry.Policies:  # would approve every WorkReq of the name: a mistake, not a policy
+            raise ConfigError(f"entry {n} ({entry.Name}): Policies is empty; a WorkReq name needs at least one "
+                              "policy (to allow any jobs, say so with restrictJobTypes)")
         checks = []
         for ref in entry.Policies:
             policy = policies.get(ref.Name)

@@ -123,6 +123,37 @@ async def test_a_broken_policies_json_gives_503_and_fixing_it_recovers_without_a
     await eventually(accepted, what="submissions to be accepted again")
 
 
+async def test_a_name_with_an_empty_policy_list_fails_closed_with_503_for_every_name(dnc, domain_system):
+    """It once approved every WorkReq of that name; now the whole file is a configuration error."""
+    path = domain_system.config_dir / "policies.json"
+    good = path.read_text()
+    sleep_body = (REPO / "examples" / "sleep.json").read_bytes()
+    open_body = json.dumps({"name": "Open", "blocks": [{"jobs": [{"name": "sleep", "args": {"seconds": "1"}}]}]}).encode()
+    try:
+        path.write_text(good + '\n{"Name": "Open", "Policies": []}\n')
+
+        async def refused(body):
+            try:
+                await client.submit(dnc, body, attempts=1)
+            except WfError as err:
+                return err if err.code == 503 else None
+            return None
+
+        err = await eventually(lambda: refused(sleep_body), what="submissions to be refused with 503")
+        assert "entry 3 (Open): Policies is empty" in err.message
+        assert (await refused(open_body)) is not None, "the empty entry's own name is refused too"
+    finally:
+        path.write_text(good)
+
+    async def accepted():
+        try:
+            return (await client.submit(dnc, sleep_body, attempts=1))["verdict"] == "approved"
+        except WfError:
+            return False
+
+    await eventually(accepted, what="submissions to be accepted again")
+
+
 async def test_two_takers_racing_for_one_token_get_exactly_one(domain_system):
     """Each taker on its own connection, as separate processes would be."""
     conns = [await nats.connect(domain_system.url) for _ in range(8)]

@@ -1,6 +1,6 @@
 import pytest
 
-from services.jobs import ArgError, JobRegistry
+from services.jobs import ArgError, JobRegistry, parse_whole_number
 from services.jobs.sleep import SleepJob
 
 
@@ -14,6 +14,47 @@ def test_sleep_refuses_anything_but_an_integer_of_at_least_one(jobs, value):
     with pytest.raises(ArgError) as err:
         jobs.validate("sleep", {"seconds": value})
     assert err.value.arg == "seconds"
+
+
+@pytest.mark.parametrize("value", [
+    "1_0", "+5", " 5", "5 ", "1e3", "0x10", "\u0665", "\u00b2", "5\n", "10" + "0" * 28, "9" * 400, "86401",
+])
+def test_sleep_seconds_are_plain_digits_up_to_a_day(jobs, value):
+    """What Python's int() accepts (underscores, signs, white space, other scripts' digits, any
+    size) is not a number of seconds here."""
+    with pytest.raises(ArgError) as err:
+        jobs.validate("sleep", {"seconds": value})
+    assert err.value.arg == "seconds"
+    assert "from 1 to 86,400 in plain digits" in err.value.message
+    assert len(err.value.message) < 200, "a 400-digit value is not echoed whole"
+
+
+def test_sleep_accepts_a_day_and_leading_zeros(jobs):
+    jobs.validate("sleep", {"seconds": "86400"})
+    jobs.validate("sleep", {"seconds": "060"})
+
+
+def test_parse_whole_number_is_the_helper_for_plugins():
+    assert parse_whole_number("n", "42", 0, 100) == 42
+    with pytest.raises(ArgError, match=r"'n' must be a whole number from 0 to 100 in plain digits, got 101"):
+        parse_whole_number("n", "101", 0, 100)
+
+
+def test_a_runner_reports_any_failure_of_a_gate_as_fatal(jobs):
+    from schemas import JobCommand
+    from services.common.es import EmergencyStops
+    from services.jobrunner.runner import JobRunner
+
+    runner = JobRunner(None, jobs, 0.0, EmergencyStops(), max_deliveries=5)  # type: ignore[arg-type]
+
+    def cmd(name):
+        return JobCommand(id="W", block=0, job=0, name=name, args={}, at=0.0)
+
+    assert runner._failed(cmd("tokenBucket"), 1, "job crashed: DecodeError()").fatal
+    assert runner._failed(cmd("validateDecom"), 5, "gave up after 5 deliveries").fatal
+    assert not runner._failed(cmd("tokenBucket"), 1, "flaky", retrying=True).fatal  # another attempt follows
+    assert not runner._failed(cmd("sleep"), 1, "job crashed").fatal
+    assert runner._failed(cmd("noSuchJob"), 1, "unknown job").fatal
 
 
 def test_unknown_missing_and_extra_arguments_name_the_argument(jobs):

@@ -75,10 +75,12 @@ async def test_a_bad_configuration_is_an_error_saying_where(jobs, policies, text
 
 
 async def test_the_configuration_is_a_stream_of_objects_pretty_printed_or_not(jobs, policies):
-    pretty = '{\n  "Name": "B",\n  "Policies": []\n}\n'
+    pretty = '{\n  "Name": "B",\n  "Policies": [\n    {"Name": "restrictJobTypes", "Settings": {"AllowedJobs": ["sleep"]}}\n  ]\n}\n'
     config = parse_policy_config(CONFIG + "\n" + pretty, policies, jobs)
     assert set(config.by_name) == {"SleepDemo", "B"}
-    assert await decide(req("B", SLEEP), jobs, config) is None  # an entry with no policies approves
+    assert await decide(req("B", SLEEP), jobs, config) is None
+    with pytest.raises(ConfigError, match="Policies is empty"):  # once approved everything: fails closed now
+        parse_policy_config(CONFIG + '\n{"Name": "B", "Policies": []}', policies, jobs)
 
 
 def test_a_policy_name_registered_twice_is_refused():

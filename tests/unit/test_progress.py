@@ -1,6 +1,8 @@
-"""The executor's decisions: rate limits, Block order, the seed's failure semantics, resume."""
+"""The executor's decisions: rate limits, Block order, the seed's failure semantics, gates, resume."""
 
 import json
+
+import pytest
 
 from schemas import (
     BlockEnded,
@@ -14,16 +16,33 @@ from schemas import (
     workreq_decoder,
 )
 from services.executor.progress import WorkflowProgress
+from services.jobs import JobRegistry
+
+GATES = {"tokenBucket", "validateDecom"}
 
 
-def make(blocks, max_failures=None):
-    """blocks: list of (rate_limit, number_of_jobs)."""
+def not_a_gate(name):
+    return False
+
+
+def make(blocks, max_failures=None, is_gate=not_a_gate):
+    """blocks: list of (rate_limit, number_of_jobs), or (rate_limit, [job name, ...])."""
+    def jobs(spec):
+        names = ["sleep"] * spec if isinstance(spec, int) else spec
+        return [{"name": name, "args": {}} for name in names]
+
     body = {
         "name": "N",
         "max_failures": max_failures,
-        "blocks": [{"rate_limit": r, "jobs": [{"name": "sleep", "args": {"seconds": "1"}}] * n} for r, n in blocks],
+        "blocks": [{"rate_limit": r, "jobs": jobs(spec)} for r, spec in blocks],
     }
-    return WorkflowProgress("W", workreq_decoder.decode(json.dumps(body).encode()))
+    return WorkflowProgress("W", workreq_decoder.decode(json.dumps(body).encode()), is_gate)
+
+
+def erase(max_failures=None, check_rate=1):
+    """The satellite erase's shape: validateDecom and tokenBucket, then blocks of diskErase."""
+    return make([(check_rate, ["validateDecom", "tokenBucket"]), (5, ["diskErase"] * 5), (5, ["diskErase"] * 5)],
+                max_failures=max_failures, is_gate=GATES.__contains__)
 
 
 def step(p):
@@ -199,3 +218,124 @@ def test_replaying_its_own_events_changes_no_decision():
     assert not step(p)
     p.apply(WorkflowEnded(id="W", at=0, status="completed"))
     assert not step(p)
+
+
+# ---------------------------------------------------------------- gates
+
+
+def fail(p, block, job, **fields):
+    p.apply(JobStarted(id="W", at=0, block=block, job=job))
+    p.apply(JobFailed(id="W", at=0, block=block, job=job, error=fields.pop("error", "e"), **fields))
+
+
+@pytest.mark.parametrize("error", [
+    "no token in bucket 'diskEraseSatellite' within 1 s",  # the job's own JobError, fatal or not
+    "job crashed: DecodeError('JSON is malformed')",  # a malformed bucket value in wf_buckets
+    "job crashed: TimeoutError()",  # a NATS timeout
+    "gave up after 5 deliveries: each runner that took it died",  # the runner's own report
+])
+@pytest.mark.parametrize("max_failures", [None, 0, 5, 1_000_000])
+def test_any_failure_of_a_gate_ends_the_workflow_and_no_erase_starts(error, max_failures):
+    p = erase(max_failures=max_failures)
+    assert step(p).dispatch == [(0, 0)]
+    finish(p, 0, 0)  # validateDecom completed
+    assert step(p).dispatch == [(0, 1)]
+    fail(p, 0, 1, error=error, fatal=False)  # the event says non-fatal: the executor does not trust it
+    d = step(p)
+    assert not d.dispatch
+    assert kinds(d) == ["BlockEnded", "WorkflowEnded"]
+    assert d.events[1].status == "failed" and d.events[1].stopped_by == "fatal"
+    assert not any(job.dispatched for block in p.jobs[1:] for job in block), "no diskErase may be dispatched"
+    assert not step(p)
+
+
+def test_a_gate_failing_for_good_after_retries_ends_the_workflow():
+    p = erase()
+    step(p)
+    finish(p, 0, 0)
+    step(p)
+    fail(p, 0, 1, retrying=True)  # attempt 1 failed, attempt 2 follows: still in flight
+    assert not step(p)
+    fail(p, 0, 1, error="still no luck")  # the last attempt: failed for good
+    d = step(p)
+    assert d.events[-1].stopped_by == "fatal" and not d.dispatch
+
+
+def test_nothing_after_a_gate_in_its_block_is_dispatched_until_the_gate_completed():
+    # a user's own WorkReq may put the erases in the gate's block, with a high rate limit
+    p = make([(10, ["sleep", "tokenBucket", "diskErase", "diskErase"])], is_gate=GATES.__contains__)
+    assert step(p).dispatch == [(0, 0), (0, 1)]  # what precedes the gate may run beside it
+    finish(p, 0, 0)
+    assert not step(p)
+    p.apply(JobStarted(id="W", at=0, block=0, job=1))
+    p.apply(JobFailed(id="W", at=0, block=0, job=1, error="flaky", retrying=True))
+    assert not step(p), "a retrying gate has not completed"
+    finish(p, 0, 1)
+    assert step(p).dispatch == [(0, 2), (0, 3)]
+
+
+def test_a_failed_gate_in_a_wide_block_dispatches_nothing_it_guards():
+    p = make([(10, ["tokenBucket", "diskErase", "diskErase"]), (5, 1)], is_gate=GATES.__contains__)
+    assert step(p).dispatch == [(0, 0)]
+    fail(p, 0, 0, error="job crashed: TimeoutError()")
+    d = step(p)
+    assert not d.dispatch and d.events[-1].stopped_by == "fatal"
+    assert [job.dispatched for job in p.jobs[0]] == [True, False, False]
+
+
+def test_a_cancelled_gate_ends_the_workflow_too():
+    p = erase()
+    step(p)
+    fail(p, 0, 0, error="cancelled: a fatal failure ended its block")
+    assert step(p).events[-1].status == "failed"
+
+
+def test_a_fatal_failure_in_an_ended_block_still_ends_the_workflow_on_takeover():
+    """An executor died after storing the failed block's end but not the workflow's: the one that
+    takes over must not start the next block."""
+    history = [
+        WorkflowStarted(id="W", at=0),
+        BlockStarted(id="W", at=0, block=0),
+        JobStarted(id="W", at=0, block=0, job=0),
+        JobCompleted(id="W", at=0, block=0, job=0),
+        JobStarted(id="W", at=0, block=0, job=1),
+        JobFailed(id="W", at=0, block=0, job=1, error="job crashed", fatal=False),
+        BlockEnded(id="W", at=0, block=0, status="failed", has_error=True),
+    ]
+    p = erase()
+    for ev in history:
+        p.apply(ev)
+    d = step(p)
+    assert not d.dispatch and kinds(d) == ["WorkflowEnded"]
+    assert d.events[0].stopped_by == "fatal"
+
+
+def test_the_registry_tells_gates_apart_and_an_unknown_job_counts_as_one(jobs):
+    is_gate = jobs.gate_predicate()
+    assert {name for name in jobs.names() if is_gate(name)} == GATES
+    assert not is_gate("sleep") and not is_gate("diskErase")
+    assert is_gate("aJobThisExecutorNeverHeardOf"), "fail closed"
+
+    class PluginGate:
+        name, gate = "drainSite", True
+        mandatory_args = optional_args = frozenset()
+
+    assert JobRegistry([PluginGate()]).gate_predicate()("drainSite")
+
+
+def test_a_plugin_gate_failing_non_fatally_ends_the_workflow():
+    p = make([(1, ["drainSite"]), (1, 1)], is_gate={"drainSite"}.__contains__)
+    step(p)
+    fail(p, 0, 0, error="drain failed")
+    d = step(p)
+    assert d.events[-1].stopped_by == "fatal" and not d.dispatch
+
+
+def test_a_job_a_runner_cancelled_for_an_emergency_stop_stops_the_workflow_as_one():
+    """After a purge of wf_es each service notices at its own check: a runner may cancel first."""
+    p = make([(1, 1), (1, 1)])
+    step(p)
+    fail(p, 0, 0, error="cancelled: emergency stop")
+    d = step(p)
+    assert kinds(d) == ["BlockEnded", "WorkflowEnded"] and not d.dispatch  # block 1 never starts
+    assert d.events[1].was_es_stopped and d.events[1].stopped_by == "es"

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from schemas import WorkReq
-from services.jobs import ArgError, JobContext, JobEnv, JobError
+from services.jobs import JobContext, JobEnv, JobError, parse_whole_number
 from services.policy.registry import Check, PolicyViolation, parse_settings
 
 
@@ -18,7 +18,7 @@ class CountdownJob:
 
     Args:
         "from"(mandatory): an integer from 0 to 10, like "3"
-        "failAt"(optional): an integer; the job fails (not fatally) when the count reaches it
+        "failAt"(optional): an integer from 0 to 10; the job fails (not fatally) when the count reaches it
 
     Result:
         Counts down from `from` to 0, a (scaled) second per step, logging each step.
@@ -29,9 +29,9 @@ class CountdownJob:
     optional_args = frozenset({"failAt"})
 
     def validate(self, args: Mapping[str, str]) -> None:
-        for key in ("from", "failAt"):
-            if key in args and not (args[key].isdigit() and int(args[key]) <= 10):
-                raise ArgError(key, f"{key!r} must be an integer from 0 to 10, got {args[key]!r}")
+        for key in ("from", "failAt"):  # plain digits, bounded: "1_0", "+3", "٣" or 10**30 are ArgErrors
+            if key in args:
+                parse_whole_number(key, args[key], 0, 10)
 
     async def run(self, args: Mapping[str, str], ctx: JobContext) -> None:
         fail_at = int(args["failAt"]) if "failAt" in args else None
@@ -46,7 +46,7 @@ class FlakyJob:
     """Register name: "flaky"
 
     Args:
-        "succeedAt"(mandatory): the attempt that succeeds, an integer >= 1, like "2"
+        "succeedAt"(mandatory): the attempt that succeeds, an integer from 1 to 100, like "2"
 
     Result:
         Fails with a retryable error on every attempt before `succeedAt`. The runner retries it up
@@ -60,8 +60,7 @@ class FlakyJob:
     retry_base_s = 0.05
 
     def validate(self, args: Mapping[str, str]) -> None:
-        if not args["succeedAt"].isdigit() or int(args["succeedAt"]) < 1:
-            raise ArgError("succeedAt", f"'succeedAt' must be an integer >= 1, got {args['succeedAt']!r}")
+        parse_whole_number("succeedAt", args["succeedAt"], 1, 100)
 
     async def run(self, args: Mapping[str, str], ctx: JobContext) -> None:
         if ctx.attempt < int(args["succeedAt"]):
