@@ -265,10 +265,5 @@ def accounts_block(credentials: dict[str, str]) -> str:
     return "accounts: " + json.dumps(accounts, indent=1) + "\n"
 
 
-def authorization_block(credentials: dict[str, str]) -> str:
-    """Kept for callers of the old name: the accounts block."""
-    return accounts_block(credentials)
-
-
 def role_url(host_port: str, role: str, credentials: dict[str, str]) -> str:
     return f"nats://{role}:{credentials[role]}@{host_port}"

@@ -196,7 +196,7 @@ def cmd_auth_export(args: argparse.Namespace) -> int:
     conf = out / "wf-auth.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(auth.authorization_block(credentials))
+        fh.write(auth.accounts_block(credentials))
     for role in auth.ROLES:
         write_env_file(out / f"{role}.env", auth.role_url(args.server, role, credentials))
     print(f"wrote {conf} (include it in your nats-server configuration) and one <role>.env per role in {out}:")

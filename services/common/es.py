@@ -39,6 +39,7 @@ from nats.js.api import DeliverPolicy
 
 from .configfile import load_config
 from .jsonstream import json_stream
+from .topology import ES_BUCKET
 
 log = structlog.get_logger()
 GO = "go"
@@ -80,7 +81,6 @@ def load_es_config(path: Path) -> dict[str, str]:
 
 Listener = Callable[[str, bool], None]  # (WorkReq name, is it go now)
 
-ES_BUCKET_NAME = "wf_es"  # services.common.topology.ES_BUCKET
 VERIFY_S = 0.25  # how often a follower checks what it holds against the stream's own state
 BEHIND_LIMIT_S = 2.0  # a follower this far behind the stream reads the whole bucket again
 SNAPSHOT_TIMEOUT_S = 10.0
@@ -98,7 +98,7 @@ class EsMessage:
     rollup_all: bool = False  # `Nats-Rollup: all`: every message before it is gone
 
 
-def es_message(subject: str, seq: int, headers: dict[str, str] | None, data: bytes, bucket: str = ES_BUCKET_NAME) -> EsMessage | None:
+def es_message(subject: str, seq: int, headers: dict[str, str] | None, data: bytes, bucket: str = ES_BUCKET) -> EsMessage | None:
     """One message of the bucket's stream, read as the KV protocol means it (None: not a key of it)."""
     prefix = f"$KV.{bucket}."
     if not subject.startswith(prefix):
@@ -179,7 +179,7 @@ async def _snapshot(sub: JetStreamContext.PushSubscription, queue: asyncio.Queue
                 return view
 
 
-async def read_emergency_stops(js: JetStreamContext, bucket: str = ES_BUCKET_NAME) -> dict[str, str]:
+async def read_emergency_stops(js: JetStreamContext, bucket: str = ES_BUCKET) -> dict[str, str]:
     """The bucket's keys and values once, read as the services read them (`wf es show`)."""
     queue: asyncio.Queue[Msg] = asyncio.Queue()
     sub = await _subscribe(js, bucket, queue)
@@ -245,7 +245,7 @@ class EmergencyStops:
         for name in sorted(set(self._values) | set(values)):
             self._set(name, values.get(name))
 
-    async def follow(self, js: JetStreamContext, stop: asyncio.Event, bucket: str = ES_BUCKET_NAME) -> None:
+    async def follow(self, js: JetStreamContext, stop: asyncio.Event, bucket: str = ES_BUCKET) -> None:
         """Follow the bucket until `stop`; never gives up (a lost connection or a refused
         subscription is logged and retried), never lets a name it cannot vouch for stay `go`."""
         while not stop.is_set():

@@ -8,21 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(f"not a stream of JSON objects: duplicate key {key!r} in one object")
-            seen.add(key)
-    return obj
+from .strictjson import DuplicateKey, unique_pairs
 
 
 def json_stream(text: str) -> list[Any]:
     """Every JSON value in `text`, separated by white space; ValueError saying where it breaks."""
-    decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+    decoder = json.JSONDecoder(object_pairs_hook=unique_pairs)
     values: list[Any] = []
     pos = 0
     while True:
@@ -32,6 +23,6 @@ def json_stream(text: str) -> list[Any]:
             return values
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, DuplicateKey) as exc:
             raise ValueError(f"not a stream of JSON objects: {exc}") from None
         values.append(value)

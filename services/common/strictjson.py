@@ -36,19 +36,22 @@ EXACT_BELOW = 64 * 1024  # bytes: below this the exact check is cheaper than rea
 _MAX_FAILURES_NULL = re.compile(rb'"max_failures"\s*:\s*null')
 
 
-class _Duplicate(Exception):
+class DuplicateKey(ValueError):
+    """A key appears twice in one JSON object."""
+
     def __init__(self, key: str) -> None:
-        super().__init__(key)
+        super().__init__(f"duplicate key {key!r} in one object")
         self.key = key
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An `object_pairs_hook` for the json module: the object, or DuplicateKey."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _Duplicate(key)
+                raise DuplicateKey(key)
             seen.add(key)
     return obj
 
@@ -82,8 +85,8 @@ def find_duplicate_key(data: bytes | str) -> str | None:
     """Where a key appears twice in one object, said plainly; None when every key is unique (or
     the text is not JSON at all: decode it first, the decoder's error says what is wrong)."""
     try:
-        json.loads(data, object_pairs_hook=_unique_pairs)
-    except _Duplicate as dup:
+        json.loads(data, object_pairs_hook=unique_pairs)
+    except DuplicateKey as dup:
         try:
             where, key = _locate(data)
         except (ValueError, RecursionError):
