@@ -105,7 +105,7 @@ async def test_a_forged_event_sent_straight_into_the_executors_inbox_never_arriv
         await client.execute(attacker, wf_id)
 
         async def executor_inbox():  # type: ignore[no-untyped-def]
-            async for consumer in _consumers(admin):
+            for consumer in await admin.jetstream().consumers_info("WF_EVENTS"):
                 config = consumer.config
                 if config.deliver_subject and config.filter_subject == f"wf.evt.{wf_id}.>":
                     return config.deliver_subject
@@ -136,11 +136,6 @@ async def test_a_forged_event_sent_straight_into_the_executors_inbox_never_arriv
     finally:
         await attacker.close()
         await admin.close()
-
-
-async def _consumers(admin):  # type: ignore[no-untyped-def]
-    for consumer in await admin.jetstream().consumers_info("WF_EVENTS"):
-        yield consumer
 
 
 async def nc_ping(nc, service: str) -> bool:  # type: ignore[no-untyped-def]
@@ -224,3 +219,32 @@ async def test_a_person_holds_a_bounded_number_of_consumers_that_expire(system):
         assert 0 < stream.config.max_consumers <= 1000
     finally:
         await nc.close()
+
+
+async def test_the_callers_identity_is_the_servers_never_the_clients_claim(system):
+    """Every request a person sends into `wf.api.*` carries the identity the server authenticated
+    (`Nats-Request-Info`, added at the account boundary); a header of that name set by the client
+    itself is replaced, so no one can claim to be someone else. (A responder inside WF stands in for
+    a service here: the header is what every service will read to know who acts.)"""
+    admin = await nats.connect(system.url)
+    seen: list[dict] = []  # type: ignore[type-arg]
+
+    async def respond(msg):  # type: ignore[no-untyped-def]
+        seen.append(json.loads((msg.headers or {}).get("Nats-Request-Info", "{}")))
+        await msg.respond(b"{}")
+
+    await admin.subscribe("wf.api.identity_probe", cb=respond)
+    await admin.flush()
+    await admin.flush()
+    forged = json.dumps({"acc": "WF", "user": "admin", "name": "admin"})
+    try:
+        for url, user in ((system.client_url, "client"), (system.operator_url, "operator")):
+            person = await nats.connect(url)
+            try:
+                await person.request("wf.api.identity_probe", b"{}", timeout=2, headers={"Nats-Request-Info": forged})
+            finally:
+                await person.close()
+            info = seen[-1]
+            assert (info.get("acc"), info.get("user")) == ("PEOPLE", user), info
+    finally:
+        await admin.close()

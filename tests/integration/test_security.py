@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
 
@@ -119,18 +118,29 @@ async def test_a_client_cannot_forge_events_commands_stops_or_touch_streams(syst
 async def test_an_operator_may_flip_emergency_stops_a_client_may_not(system):
     op, _ = await connect_as(system.operator_url)
     cl, recorder = await connect_as(system.client_url)
+    admin = await nats.connect(system.url)
     try:
-        es = await op.jetstream().key_value("wf_es")
-        await es.put("OperatorTest", b"stop")
-        assert (await es.get("OperatorTest")).value == b"stop"
+        es = await op.jetstream().key_value("wf_es")  # the operator's view: a mirror of WF's bucket
+        revision = await es.put("OperatorTest", b"stop")  # acknowledged by WF's bucket itself
+        truth = await admin.jetstream().key_value("wf_es")
+        assert (await truth.get("OperatorTest")).value == b"stop"
+
+        async def mirrored():  # the view follows within milliseconds, not at once
+            try:
+                return (await es.get("OperatorTest")).value == b"stop"
+            except nats.js.errors.KeyNotFoundError:
+                return False
+
+        await eventually(mirrored, 5, what="the operator's view of the stop")
         await cl.publish("$KV.wf_es.OperatorTest", b"go")
         await cl.flush()
         assert await recorder.violation("$KV.wf_es.OperatorTest")
-        await asyncio.sleep(0)
-        assert (await es.get("OperatorTest")).value == b"stop"
+        entry = await truth.get("OperatorTest")
+        assert (entry.value, entry.revision) == (b"stop", revision)
     finally:
         await op.close()
         await cl.close()
+        await admin.close()
 
 
 async def test_a_forged_command_in_the_work_queue_is_refused_and_recorded(system):
