@@ -63,8 +63,15 @@ async def test_a_client_may_do_what_the_contract_grants(system):
 
         assert (await wait_terminal(nc, reply["id"]))["status"] == "completed"
         js = nc.jetstream()
-        kv = await js.key_value("wf_status")
-        assert json.loads((await kv.get(reply["id"])).value)["status"] == "completed"
+        kv = await js.key_value("wf_status")  # the client's view: a mirror, a few milliseconds behind
+
+        async def projected():  # type: ignore[no-untyped-def]
+            try:
+                return json.loads((await kv.get(reply["id"])).value)["status"] == "completed"
+            except nats.js.errors.KeyNotFoundError:
+                return False
+
+        await eventually(projected, 10, what="the completed status in the client's view of wf_status")
         sub = await js.subscribe(f"wf.evt.{reply['id']}.>", stream="WF_EVENTS", ordered_consumer=True)
         first = await sub.next_msg(timeout=5)
         assert first.subject == f"wf.evt.{reply['id']}.submitted"
