@@ -64,6 +64,7 @@ VIEW_JS_API = "$JS.wf.API"
 VIEW_MIRRORS = (STATUS_BUCKET, ES_BUCKET)
 VIEW_MAX_CONSUMERS = 1000  # consumers a view holds at most (people's ordered consumers, watches)
 VIEW_CONSUMER_INACTIVE_S = 300.0  # the longest a person's consumer may stay unused; also its default
+VIEW_DUPLICATE_WINDOW_S = 0.1  # the server's smallest
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -140,8 +141,10 @@ def view_configs(replicas: int = 1) -> list[StreamConfig]:
     common = dict(storage=StorageType.FILE, allow_direct=True, num_replicas=replicas, deny_delete=True,
                   deny_purge=True, max_consumers=VIEW_MAX_CONSUMERS, consumer_limits=limits)
     views = [
+        # WF's stream republishes only what it stored, each once: nothing to deduplicate here, and a
+        # window as long as WF's would hold every event's Nats-Msg-Id in the server's memory for nothing
         StreamConfig(name=EVENTS_STREAM, subjects=["wf.evt.>"], retention=RetentionPolicy.LIMITS,
-                     duplicate_window=DUPLICATE_WINDOW_S, **common),  # type: ignore[arg-type]
+                     duplicate_window=VIEW_DUPLICATE_WINDOW_S, **common),  # type: ignore[arg-type]
     ]
     for bucket in VIEW_MIRRORS:
         stream = f"KV_{bucket}"
