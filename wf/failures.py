@@ -15,10 +15,11 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import nats.js.errors
+
+from services.common.lifecycle import redact
 
 from .client import Unreachable
 
@@ -41,23 +42,6 @@ class Failure(Exception):
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def redact(url: str) -> str:
-    """The URL(s) without their passwords (`nats://client:***@host:port`): fit for a terminal."""
-    shown = []
-    for part in url.split(","):
-        try:
-            parsed = urlsplit(part.strip())
-            if parsed.password is None:
-                shown.append(part.strip())
-                continue
-            host = parsed.hostname or ""
-            netloc = f"{parsed.username}:***@{host}" + (f":{parsed.port}" if parsed.port else "")
-            shown.append(urlunsplit(parsed._replace(netloc=netloc)))
-        except ValueError:
-            shown.append("<an unparsable URL>")
-    return ",".join(shown)
 
 
 def credential_hint(role: str, data_dir: Path) -> str:

@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import nats.micro
@@ -43,11 +44,21 @@ def run_service(name: str, main: Main) -> None:
 
 
 def redact(url: str) -> str:
-    """A URL without its credentials, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    """The URL(s) without their passwords (`nats://client:***@host:port`; a comma-separated list
+    stays one): fit for a log line or a terminal."""
+    shown = []
+    for part in url.split(","):
+        try:
+            parsed = urlsplit(part.strip())
+            if parsed.password is None:
+                shown.append(part.strip())
+                continue
+            host = parsed.hostname or ""
+            netloc = f"{parsed.username}:***@{host}" + (f":{parsed.port}" if parsed.port else "")
+            shown.append(urlunsplit(parsed._replace(netloc=netloc)))
+        except ValueError:
+            shown.append("<an unparsable URL>")
+    return ",".join(shown)
 
 
 async def when_ready(factory: Callable[[], Awaitable[T]], stop: asyncio.Event, *, what: str) -> T:
