@@ -101,6 +101,10 @@ class StatusResp(Struct, kw_only=True):
     status: str = "not_started"
     had_errors: bool = False
     was_es_stopped: bool = False
+    # who (the person the server authenticated, or `admin`): "" when not applicable or not recorded
+    submitted_by: str = ""
+    executed_by: str = ""
+    cancelled_by: str = ""
     blocks: list[BlockStatus] = []
 
 
@@ -125,6 +129,9 @@ class StatusSummary(Struct, kw_only=True):
     had_errors: bool
     was_es_stopped: bool
     blocks: list[BlockSummary]
+    submitted_by: str = ""
+    executed_by: str = ""
+    cancelled_by: str = ""
     jobs_omitted: bool = True
 
 
@@ -138,6 +145,7 @@ def summarise(status: StatusResp) -> StatusSummary:
     return StatusSummary(
         id=status.id, name=status.name, desc=status.desc, verdict=status.verdict, reason=status.reason,
         status=status.status, had_errors=status.had_errors, was_es_stopped=status.was_es_stopped,
+        submitted_by=status.submitted_by, executed_by=status.executed_by, cancelled_by=status.cancelled_by,
         blocks=[BlockSummary(desc=b.desc, status=b.status, has_error=b.has_error, job_counts=counts(b.jobs))
                 for b in status.blocks],
     )
@@ -179,6 +187,7 @@ class Submitted(_Event, tag="submitted"):
 
     req: WorkReq | None = None
     req_stored: StoredReq | None = None
+    by: str = ""  # who submitted it (services/common/identity.py); "" in events older than this field
 
     @property
     def workreq_name(self) -> str:
@@ -196,11 +205,13 @@ class Rejected(_Event, tag="rejected"):
 
 
 class ExecRequested(_Event, tag="exec_requested"):
-    pass
+    by: str = ""  # who asked (services/common/identity.py); "" in events older than this field
 
 
 class CancelRequested(_Event, tag="cancel_requested"):
     """`wf.api.cancel`: stop this one workflow as an emergency stop would."""
+
+    by: str = ""  # who asked (services/common/identity.py); "" in events older than this field
 
 
 class WorkflowStarted(_Event, tag="workflow.started"):

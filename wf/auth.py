@@ -24,10 +24,14 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
+
 from services.common.topology import (
     BUCKETS_BUCKET,
     CONFIG_BUCKET,
     ES_BUCKET,
+    ES_GATE_MIRROR_PREFIX,
+    ES_GATE_PREFIX,
     EVENTS_STREAM,
     EXECUTOR_CONSUMER,
     IDEMPOTENCY_BUCKET,
@@ -35,6 +39,7 @@ from services.common.topology import (
     LEASES_BUCKET,
     POLICY_CONSUMER,
     RUNNER_CONSUMER,
+    SERVICE_INBOXES,
     STATUS_BUCKET,
     STATUS_CONSUMER,
     UPLOADS_BUCKET,
@@ -114,8 +119,13 @@ class Role:
 
 
 def _role(name: str, account: str, publish: list[str], subscribe: list[str], deny: list[str] | None = None) -> Role:
+    """A service receives only on its own inbox prefix (SERVICE_INBOXES): no service reads another's
+    replies or deliveries, and none may publish into another's (they answer `_INBOX.>`, the admin's
+    and `wf up`'s, and `_R_.>`, people's requests as the import renames their replies)."""
     deny_list = deny if deny is not None else ([] if name == "admin" else PROTECTED)
-    return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, INBOX])),
+    own_inbox = SERVICE_INBOXES.get(f"wf-{name}")
+    receive = f"{own_inbox}.>" if own_inbox else INBOX
+    return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, receive])),
                 tuple(deny_list))
 
 
@@ -145,9 +155,9 @@ ROLES: dict[str, Role] = {
               ["wf.evt.*.submitted", "wf.evt.*.exec_requested", "wf.evt.*.cancel_requested",
                *js_read(EVENTS_STREAM), *kv_read(CONFIG_BUCKET), *kv_read(ES_BUCKET),
                *kv_read(IDEMPOTENCY_BUCKET), *kv_write(IDEMPOTENCY_BUCKET), *kv_read(UPLOADS_BUCKET),
-               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET), "_R_.>"],
+               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET), *kv_write(ES_BUCKET), "_R_.>"],
               ["wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.evt.*.approved",
-               "wf.evt.*.rejected", MICRO]),
+               "wf.evt.*.rejected", f"{ES_GATE_PREFIX}.>", f"{ES_GATE_MIRROR_PREFIX}.>", MICRO]),
         _role("policy", WF_ACCOUNT,
               ["wf.evt.*.approved", "wf.evt.*.rejected", *js_read(EVENTS_STREAM),
                *js_pull(EVENTS_STREAM, POLICY_CONSUMER), *kv_read(CONFIG_BUCKET), *kv_write(CONFIG_BUCKET),
@@ -190,7 +200,8 @@ def _exports() -> list[dict[str, object]]:
         {"stream": f"{VIEW_EVENTS_PREFIX}.>", "accounts": people},
         {"stream": f"{VIEW_DELIVER_PREFIX}.>", "accounts": people},
         {"service": FLOW_CONTROL, "accounts": people},
-        {"service": f"$KV.{ES_BUCKET}.>", "accounts": people},
+        {"service": f"{ES_GATE_PREFIX}.>", "accounts": people},
+        {"service": f"{ES_GATE_MIRROR_PREFIX}.>", "accounts": people},
     ]
     for bucket in VIEW_MIRRORS:
         stream = f"KV_{bucket}"
@@ -217,9 +228,9 @@ def _imports() -> list[dict[str, object]]:
         {"stream": {"account": WF_ACCOUNT, "subject": f"{VIEW_DELIVER_PREFIX}.>"}},
         service(FLOW_CONTROL),
         # an emergency stop from nats-py (`$KV.wf_es.<name>`) or from the nats CLI, which writes to a
-        # mirrored bucket through the mirror's API prefix; both reach WF's bucket, with who did it
-        service(f"$KV.{ES_BUCKET}.>", share=True),
-        service(f"$KV.{ES_BUCKET}.>", to=f"{VIEW_JS_API}.$KV.{ES_BUCKET}.>", share=True),
+        # mirrored bucket through the mirror's API prefix; both reach wf-intake's gate, with who did it
+        service(f"{ES_GATE_PREFIX}.>", to=f"$KV.{ES_BUCKET}.>", share=True),
+        service(f"{ES_GATE_MIRROR_PREFIX}.>", to=f"{VIEW_JS_API}.$KV.{ES_BUCKET}.>", share=True),
     ]
     for exported in _exports():
         subject = str(exported.get("service", ""))
@@ -233,36 +244,55 @@ def new_credentials() -> dict[str, str]:
     return {name: secrets.token_urlsafe(24) for name in ROLES}
 
 
-def save_credentials(path: Path, credentials: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(credentials, fh)
+# The passwords are random (24 or 32 bytes): bcrypt's work factor protects guessable secrets and adds
+# nothing here, so the cheapest cost keeps each connection's check about a millisecond.
+BCRYPT_COST = 4
 
 
-def _user(name: str, password: str, role: Role) -> dict[str, object]:
+def hash_password(password: str) -> str:
+    """How nats-server stores a password it checks but never needs to know (`$2b$...`)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
+def user_entry(name: str, password_hash: str, role: Role) -> dict[str, object]:
+    """One user as nats-server's configuration lists it: a bcrypt hash and the role's permissions."""
     publish: dict[str, object] = {"allow": list(role.publish)}
     if role.deny_publish:
         publish["deny"] = list(role.deny_publish)
-    return {"user": name, "password": password,
+    return {"user": name, "password": password_hash,
             "permissions": {"publish": publish, "subscribe": {"allow": list(role.subscribe)}}}
 
 
-def accounts_block(credentials: dict[str, str]) -> str:
+def system_users(credentials: dict[str, str]) -> dict[str, list[dict[str, object]]]:
+    """Each account's users for the roles in `credentials` (user name = role name), hashed."""
+    users: dict[str, list[dict[str, object]]] = {WF_ACCOUNT: [], PEOPLE_ACCOUNT: []}
+    for name, password in credentials.items():
+        role = ROLES[name]
+        users[role.account].append(user_entry(name, hash_password(password), role))
+    return users
+
+
+def accounts_block(users: dict[str, list[dict[str, object]]] | None = None,
+                   includes: dict[str, Path] | None = None) -> str:
     """The `accounts { WF {...}, PEOPLE {...} }` block of a nats-server configuration (JSON is valid
-    nats-server configuration syntax)."""
-    wf_users = [_user(name, credentials[name], role) for name, role in ROLES.items() if role.account == WF_ACCOUNT]
-    people_users = [_user(name, credentials[name], role) for name, role in ROLES.items()
-                    if role.account == PEOPLE_ACCOUNT]
-    accounts = {
-        WF_ACCOUNT: {"jetstream": "enabled", "users": wf_users, "exports": _exports()},
+    nats-server configuration syntax). Each account's users are listed (`users`) or, for `wf up`,
+    included from a file that `wf user` rewrites while the server runs (`includes`)."""
+    accounts: dict[str, dict[str, object]] = {
+        WF_ACCOUNT: {"jetstream": "enabled", "exports": _exports()},
         PEOPLE_ACCOUNT: {
             "jetstream": {"max_streams": len(VIEW_STREAMS), "max_consumers": VIEW_MAX_CONSUMERS},
-            "users": people_users,
             "imports": _imports(),
         },
     }
-    return "accounts: " + json.dumps(accounts, indent=1) + "\n"
+    parts = []
+    for account, body in accounts.items():
+        if includes is not None:
+            text = json.dumps(body, indent=1)
+            text = text[: text.rindex("}")] + f" include {json.dumps(str(includes[account]))}\n}}"
+        else:
+            text = json.dumps({**body, "users": (users or {}).get(account, [])}, indent=1)
+        parts.append(f" {json.dumps(account)}: {text}")
+    return "accounts: {\n" + ",\n".join(parts) + "\n}\n"
 
 
 def role_url(host_port: str, role: str, credentials: dict[str, str]) -> str:

@@ -22,14 +22,15 @@ import nats.js.errors
 from nats.aio.client import Client
 
 from services.common.bus import server_urls, tls_context
-from services.common.es import enforced_emergency_stops, read_emergency_stops
+from services.common.es import emergency_stop_changes, enforced_emergency_stops, read_emergency_stops
 from services.common.es_seed import seed_emergency_stops
 from services.common.logs import configure_logging
 from services.common.settings import REPO_ROOT
 from services.common.topology import ES_BUCKET, STATUS_BUCKET, ensure_topology, ensure_views
+from services.intake.es_gate import utc_now
 from services.inventory import InventoryError, load_inventory
 
-from . import auth, bench, client
+from . import auth, bench, client, users
 from .erase import EraseRefused, erase_satellite_workreq
 from .failures import (
     NEEDS,
@@ -43,6 +44,7 @@ from .failures import (
     redact,
     unreachable,
 )
+from .history import run as run_history
 from .render import TERMINAL, list_table, render, summary_line
 from .up import UpOptions, die_with_parent, free_port, run_up, write_env_file
 
@@ -135,6 +137,12 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return await _id_command(args, client.cancel)
 
 
+def _url_user(nc: Client) -> str:
+    """The user name this connection authenticated with (`admin` when its URL names none)."""
+    url = nc.connected_url
+    return (url.username if url is not None and url.username else "") or "admin"
+
+
 async def cmd_es(args: argparse.Namespace) -> int:
     """Emergency stops in KV `wf_es` (operator role): `stop NAME`, `go NAME`, `show`."""
     nc = await _connect(args, role="operator")
@@ -148,7 +156,13 @@ async def cmd_es(args: argparse.Namespace) -> int:
         if args.action in ("stop", "go"):
             if not args.name:
                 return _fail(f"wf es {args.action} needs a WorkReq name")
-            await kv.put(args.name, args.action.encode())
+            # to the bucket's subject, as `kv.put` would, with who and why: a person's write passes
+            # wf-intake's gate, which records the server's identity in place of this claim
+            # (services/intake/es_gate.py); an admin's, inside WF, is recorded as it says
+            headers = {"Wf-By": _url_user(nc), "Wf-At": utc_now()}
+            if args.why:
+                headers["Wf-Why"] = args.why
+            await nc.jetstream().publish(f"$KV.{ES_BUCKET}.{args.name}", args.action.encode(), headers=headers)
             print(f"{args.name} {args.action}")
             return 0
         # what the services enforce (wf-intake's STATS), else the bucket read as they read it
@@ -157,8 +171,14 @@ async def cmd_es(args: argparse.Namespace) -> int:
         if values is None:
             values = await read_emergency_stops(nc.jetstream(), ES_BUCKET)
             print("(no wf-intake answered: read from KV wf_es)", file=sys.stderr)
+        changes = await emergency_stop_changes(nc)
         for key, value in sorted(values.items()):
-            print(f"{key} {value}" if value in ("go", "stop") else f"{key} stop (value {value!r})")
+            line = f"{key} {value}" if value in ("go", "stop") else f"{key} stop (value {value!r})"
+            change = changes.get(key)
+            if change:
+                why = f": {change['why']}" if change["why"] else ""
+                line += f"  (by {change['by']} at {change['at']}{why})"
+            print(line)
         print("(any name not listed is stopped)", file=sys.stderr)
         return 0
     finally:
@@ -196,7 +216,7 @@ def cmd_auth_export(args: argparse.Namespace) -> int:
     conf = out / "wf-auth.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(auth.accounts_block(credentials))
+        fh.write(auth.accounts_block(users=auth.system_users(credentials)))
     for role in auth.ROLES:
         write_env_file(out / f"{role}.env", auth.role_url(args.server, role, credentials))
     print(f"wrote {conf} (include it in your nats-server configuration) and one <role>.env per role in {out}:")
@@ -496,9 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(func=cmd_cancel, is_async=True)
 
+    p = sub.add_parser("history", help="a workflow's timeline: every step, when, and who took it")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=lambda a: run_history(a, _connect), is_async=True)
+
     p = sub.add_parser("es", help="emergency stops: `wf es stop NAME`, `wf es go NAME`, `wf es show`")
     p.add_argument("action", choices=["stop", "go", "show"])
     p.add_argument("name", nargs="?")
+    p.add_argument("--why", default="", help="the reason, recorded with who made the change (`wf es show`)")
     p.set_defaults(func=cmd_es, is_async=True)
 
     p = sub.add_parser("setup", help="create streams, consumers and buckets, seed wf_es (wf up does this)")
@@ -511,6 +537,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for wf-auth.conf and the <role>.env files (mode 0600)")
     p.add_argument("--server", default="127.0.0.1:4222", help="host:port the URLs in the .env files point at")
     p.set_defaults(func=cmd_auth_export, is_async=False)
+
+    p = sub.add_parser("user", help="people: `wf user add NAME --role client|operator|admin`, `wf user rm NAME`, `wf user ls`")
+    p.add_argument("action", choices=["add", "rm", "ls"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=list(users.PERSON_ROLES), default="client",
+                   help="client (submit, exec, cancel, read), operator (also emergency stops), admin (everything, in WF)")
+    p.add_argument("--json", action="store_true", help="`ls` as JSON")
+    p.set_defaults(func=users.cmd_user, is_async=False)
 
     p = sub.add_parser("ping", help="exit 0 if a service answers $SRV.PING (a healthcheck)")
     p.add_argument("service", help="wf-intake, wf-policy, wf-executor, wf-status or wf-jobrunner")

@@ -25,7 +25,7 @@ from services.common.es_seed import seed_emergency_stops
 from services.common.lifecycle import redact
 from services.common.topology import ES_BUCKET, ensure_topology, ensure_views
 
-from . import auth
+from . import auth, users
 
 log = structlog.get_logger()
 
@@ -190,7 +190,7 @@ MAX_PAYLOAD = "8MB"
 
 
 def write_server_config(data_dir: Path, port: int, authorization: str = "", sync: str = "",
-                        max_payload: str = "") -> Path:
+                        max_payload: str = "", pid_file: Path | None = None) -> Path:
     """The embedded nats-server's configuration: loopback only, JetStream under the data dir, and
     the generated users and permissions (the file holds secrets: mode 0600)."""
     conf = data_dir / "nats-server.conf"
@@ -198,6 +198,8 @@ def write_server_config(data_dir: Path, port: int, authorization: str = "", sync
     sync_line = f", sync_interval: {json.dumps(sync)}" if sync else ""
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
+        if pid_file is not None:  # `wf user` signals a configuration reload to it
+            fh.write(f"pid_file: {json.dumps(str(pid_file))}\n")
         fh.write(f"listen: 127.0.0.1:{port}\nmax_payload: {max_payload or MAX_PAYLOAD}\n"
                  f"jetstream {{ store_dir: {store}{sync_line} }}\n{authorization}")
     return conf
@@ -237,15 +239,39 @@ class System:
         self.services: list[Supervised] = []
         # With the embedded server, every role gets its own generated credentials; with
         # --nats-url, the URL given is used as it is for everything (its server, its rules).
-        self.credentials = auth.new_credentials() if opts.nats_url is None else None
+        # The first client and operator are people (wf/users.py), with passwords that last.
+        self.credentials = None
+        if opts.nats_url is None:
+            self.credentials = {role: password for role, password in auth.new_credentials().items()
+                                if role not in users.FIRST_PEOPLE}
         self.host_port = f"127.0.0.1:{opts.nats_port}"
+        self.users = users.Paths(self.data_dir)
+        self.people_urls: dict[str, str] = {}
+
+    @property
+    def base_url(self) -> str:
+        return f"{'tls' if self.opts.tls_cert else 'nats'}://{self.host_port}"
 
     def url_for(self, role: str) -> str:
         if self.credentials is None:
             assert self.opts.nats_url is not None
             return self.opts.nats_url
+        if role in self.people_urls:
+            return self.people_urls[role]
         url = auth.role_url(self.host_port, role, self.credentials)
         return url.replace("nats://", "tls://", 1) if self.opts.tls_cert else url
+
+    def write_auth(self) -> str:
+        """This run's system users (hashed) and the registry's people, as the server includes them;
+        returns the configuration's `accounts` block."""
+        assert self.credentials is not None
+        self.people_urls = users.ensure_first_people(self.users, self.base_url)
+        users.write_private(self.users.service_users, json.dumps(auth.system_users(self.credentials)) + "\n")
+        (self.data_dir / "auth" / "credentials.json").unlink(missing_ok=True)  # older runs kept every password here
+        users.render(self.users)
+        # nats-server reads an include relative to the configuration file's folder, the data dir
+        return auth.accounts_block(includes={auth.WF_ACCOUNT: self.users.wf_conf.relative_to(self.data_dir),
+                                             auth.PEOPLE_ACCOUNT: self.users.people_conf.relative_to(self.data_dir)})
 
     @property
     def env_files(self) -> dict[Path, str]:
@@ -268,6 +294,9 @@ class System:
             WF_LOG_LEVEL=self.opts.log_level,
             PYTHONUNBUFFERED="1",
         )
+        # the runners there are in all, for each workflow's share of their slots (settings.py);
+        # an operator running more elsewhere sets it (or WF_MAX_JOBS_IN_FLIGHT_PER_WORKFLOW) instead
+        env.setdefault("WF_RUNNERS", str(self.count("jobrunner")))
         if self.opts.inventory_dir is not None:
             env["WF_INVENTORY_DIR"] = str(self.opts.inventory_dir.resolve())
         env.update(self.opts.extra_env)
@@ -282,15 +311,14 @@ class System:
         try:
             if self.opts.nats_url is None:
                 binary = find_nats_server(self.opts.nats_server)
-                assert self.credentials is not None
-                auth.save_credentials(self.data_dir / "auth" / "credentials.json", self.credentials)
+                accounts = self.write_auth()
                 tls = ""
                 if self.opts.tls_cert is not None and self.opts.tls_key is not None:
                     tls = f"tls {{ cert_file: {json.dumps(str(self.opts.tls_cert))}, key_file: {json.dumps(str(self.opts.tls_key))} }}\n"
                     # trust it (self-signed: the certificate is its own CA), here and in every service's env
                     os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))
-                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + auth.accounts_block(self.credentials),
-                                           self.opts.sync, self.opts.max_payload)
+                conf = write_server_config(self.data_dir, self.opts.nats_port, tls + accounts,
+                                           self.opts.sync, self.opts.max_payload, pid_file=self.users.pid)
                 argv = [binary, "-c", str(conf)]
                 self.server = Supervised("nats-server", argv, dict(os.environ))
                 await self.server.start()

@@ -29,7 +29,7 @@ from schemas import (
 )
 
 from . import fastpath  # noqa: F401  (nats-py's hot paths, patched on import)
-from .topology import EVENTS_STREAM
+from .topology import EVENTS_STREAM, SERVICE_INBOXES
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -82,6 +82,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> C
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                inbox_prefix=SERVICE_INBOXES.get(name, "_INBOX"),
             )
         except (nats.errors.NoServersError, OSError) as exc:
             if loop.time() > deadline:

@@ -88,6 +88,7 @@ SNAPSHOT_TIMEOUT_S = 10.0
 KV_OPERATION = "KV-Operation"
 MARKER_REASON = "Nats-Marker-Reason"  # server-placed markers (2.11+): MaxAge, Purge, Remove
 ROLLUP = "Nats-Rollup"
+BY, AT, WHY = "Wf-By", "Wf-At", "Wf-Why"  # who changed a name, when, why (services/intake/es_gate.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,17 @@ class EsMessage:
     seq: int  # stream sequence
     value: str | None  # None: a delete or purge marker
     rollup_all: bool = False  # `Nats-Rollup: all`: every message before it is gone
+    change: Change | None = None  # who made it, when and why (None: written inside WF, e.g. by an admin)
+
+
+@dataclass(frozen=True)
+class Change:
+    """Who wrote a name's last message, when and why: the emergency-stop gate's headers
+    (services/intake/es_gate.py), or the admin's `wf es` and `wf up`'s seeding."""
+
+    by: str
+    at: str = ""
+    why: str = ""
 
 
 def es_message(subject: str, seq: int, headers: dict[str, str] | None, data: bytes, bucket: str = ES_BUCKET) -> EsMessage | None:
@@ -108,6 +120,7 @@ def es_message(subject: str, seq: int, headers: dict[str, str] | None, data: byt
     return EsMessage(
         key=subject[len(prefix):], seq=seq, value=None if deleted else data.decode(errors="replace"),
         rollup_all=headers.get(ROLLUP, "").lower() == "all",
+        change=Change(headers[BY], headers.get(AT, ""), headers.get(WHY, "")) if headers.get(BY) else None,
     )
 
 
@@ -118,6 +131,7 @@ class EsView:
     values: dict[str, str] = field(default_factory=dict)  # live keys -> value
     seqs: dict[str, int] = field(default_factory=dict)  # key -> sequence of its message (values and markers)
     last_seq: int = 0
+    changes: dict[str, Change] = field(default_factory=dict)  # key -> who wrote its last message
 
     def apply(self, msg: EsMessage) -> dict[str, str | None]:
         """Record a message; returns the keys whose value changed (None: gone)."""
@@ -126,10 +140,12 @@ class EsView:
             for key, seq in list(self.seqs.items()):
                 if seq < msg.seq and key != msg.key:
                     del self.seqs[key]
+                    self.changes.pop(key, None)
                     if self.values.pop(key, None) is not None:
                         changed[key] = None
         if msg.seq >= self.seqs.get(msg.key, 0):
             self.seqs[msg.key] = msg.seq
+            self.changes[msg.key] = msg.change or Change(by="")
             old = self.values.get(msg.key)
             if msg.value is None:
                 self.values.pop(msg.key, None)
@@ -190,11 +206,25 @@ async def read_emergency_stops(js: JetStreamContext, bucket: str = ES_BUCKET) ->
 
 
 STATS_KEY = "emergency_stops"
+CHANGES_KEY = "emergency_stop_changes"  # name -> {"by", "at", "why"} of its last change
 REPORTING_SERVICE, REPORTING_ENDPOINT = "wf-intake", "submit"
 
 
 async def enforced_emergency_stops(nc: Client, timeout_s: float = 2.0) -> dict[str, str] | None:
     """The names and values wf-intake enforces (its `$SRV.STATS`), or None when none answers."""
+    stats = await _reported(nc, timeout_s)
+    return None if stats is None else {str(k): str(v) for k, v in stats[STATS_KEY].items()}
+
+
+async def emergency_stop_changes(nc: Client, timeout_s: float = 2.0) -> dict[str, dict[str, str]]:
+    """Who made each name's last change, when and why, as wf-intake holds it ({} when unknown)."""
+    stats = await _reported(nc, timeout_s)
+    changes = (stats or {}).get(CHANGES_KEY)
+    return {str(k): {f: str(v.get(f, "")) for f in ("by", "at", "why")}
+            for k, v in changes.items() if isinstance(v, dict)} if isinstance(changes, dict) else {}
+
+
+async def _reported(nc: Client, timeout_s: float) -> dict | None:  # type: ignore[type-arg]
     try:
         reply = await nc.request(f"$SRV.STATS.{REPORTING_SERVICE}", b"", timeout=timeout_s)
         stats = json.loads(reply.data)
@@ -203,7 +233,7 @@ async def enforced_emergency_stops(nc: Client, timeout_s: float = 2.0) -> dict[s
     for endpoint in stats.get("endpoints") or []:
         data = endpoint.get("data") if isinstance(endpoint, dict) else None
         if endpoint.get("name") == REPORTING_ENDPOINT and isinstance(data, dict) and isinstance(data.get(STATS_KEY), dict):
-            return {str(k): str(v) for k, v in data[STATS_KEY].items()}
+            return data
     return None
 
 
@@ -212,6 +242,7 @@ class EmergencyStops:
 
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
+        self._changes: dict[str, Change] = {}
         self.ready = asyncio.Event()  # set once the current values are loaded
         self._listeners: list[Listener] = []
 
@@ -226,9 +257,12 @@ class EmergencyStops:
 
     def stats_data(self, endpoint: str) -> dict[str, dict[str, str]] | None:
         """For `start_micro(stats_handler=...)`: the reporting endpoint's `data` in `$SRV.STATS`."""
-        return {STATS_KEY: self.snapshot()} if endpoint == REPORTING_ENDPOINT else None
+        if endpoint != REPORTING_ENDPOINT:
+            return None
+        changes = {name: {"by": c.by, "at": c.at, "why": c.why} for name, c in self._changes.items() if c.by}
+        return {STATS_KEY: self.snapshot(), CHANGES_KEY: changes}
 
-    def _set(self, name: str, value: str | None) -> None:
+    def _set(self, name: str, value: str | None, change: Change | None = None) -> None:
         was_go = self.is_go(name)
         if value is None:
             self._values.pop(name, None)
@@ -236,7 +270,8 @@ class EmergencyStops:
             self._values[name] = value
         now_go = self.is_go(name)
         if now_go != was_go:
-            log.info("emergency_stop_changed", workreq=name, state=GO if now_go else STOP)
+            log.info("emergency_stop_changed", workreq=name, state=GO if now_go else STOP,
+                     by=change.by if change else "", why=change.why if change else "")
             for listener in self._listeners:
                 listener(name, now_go)
 
@@ -273,6 +308,7 @@ class EmergencyStops:
             view = await _snapshot(sub, queue, bucket)
             view.last_seq = max(view.last_seq, floor_seq)
             self._replace(view.values)
+            self._changes = view.changes
             self.ready.set()
             await self._live(js, bucket, queue, view, stop)
         finally:
@@ -299,7 +335,7 @@ class EmergencyStops:
                 parsed = _read(msg, bucket)
                 if parsed is not None:
                     for name, value in view.apply(parsed).items():
-                        self._set(name, value)
+                        self._set(name, value, parsed.change if name == parsed.key else None)
                     if parsed.rollup_all:
                         log.warning("emergency_stop_rollup", key=parsed.key, seq=parsed.seq,
                                     outcome="every other name removed: stopped")

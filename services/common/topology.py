@@ -58,7 +58,17 @@ STATUS_ACK_WAIT_S = 30.0  # events a dead wf-status held come again after this
 # `nats sub 'wf.evt.>'` sees them live); KV_wf_status and KV_wf_es are mirrors, whose consumers in WF
 # are created through WF's JetStream API as PEOPLE imports it (VIEW_JS_API) and deliver under
 # VIEW_DELIVER_PREFIX.
+# Each service's own inbox prefix: what it alone may subscribe to (wf/auth.py), so no service sees
+# another's replies and deliveries, nor can publish into them (bus.connect uses it by name).
+SERVICE_INBOXES = {f"wf-{role}": f"_INBOX_{role}" for role in ("intake", "policy", "executor", "jobrunner", "status")}
 VIEW_EVENTS_PREFIX = "wf.view.evt"
+# A person's emergency-stop write (`$KV.wf_es.<name>`, from nats-py, `wf es` or the nats CLI) reaches
+# WF as `wf.gate.es.<name>`: wf-intake records who, when and why on it, then writes the bucket
+# (services/intake/es_gate.py). People never write WF's bucket themselves.
+ES_GATE_PREFIX = "wf.gate.es"
+# the same gate for the nats CLI, which writes a mirrored bucket through the mirror's API prefix: an
+# export of its own, as nats-server shares the caller's identity with one import of an export only
+ES_GATE_MIRROR_PREFIX = "wf.gate.es_mirror"
 VIEW_DELIVER_PREFIX = "wf.view.mirror"
 VIEW_JS_API = "$JS.wf.API"
 VIEW_MIRRORS = (STATUS_BUCKET, ES_BUCKET)

@@ -45,6 +45,7 @@ from schemas import (
 from services.common.bus import connect, kv_updates, last_event, publish_event, stored_verdict, wrong_last_sequence
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.es import EmergencyStops
+from services.common.identity import caller
 from services.common.ids import new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
@@ -53,6 +54,7 @@ from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKE
 from services.common.workreqs import HEADROOM, fits, max_body, store
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
+from .es_gate import EsGate
 from .limits import Limits, check_limits
 
 log = structlog.get_logger()
@@ -266,7 +268,7 @@ class Intake:
             if not fresh and await self._stored_verdict(wf_id, verdict):
                 log.info("submit_repeated", outcome="same_workflow")  # a retry: the workflow exists
             else:
-                await self._record_submission(wf_id, req, req_json, once=bool(key))
+                await self._record_submission(wf_id, req, req_json, once=bool(key), by=caller(request.headers).name)
             try:
                 msg = await asyncio.wait_for(verdict, timeout=self.settings.verdict_wait_s)
             except TimeoutError:
@@ -290,13 +292,13 @@ class Intake:
             raise ApiError(503, f"could not read workflow {wf_id} of this {IDEMPOTENCY_HEADER}: {exc!r}") from None
         return True
 
-    async def _record_submission(self, wf_id: str, req: WorkReq, req_json: bytes, once: bool) -> None:
+    async def _record_submission(self, wf_id: str, req: WorkReq, req_json: bytes, once: bool, by: str) -> None:
         if self.policy_state.error:
             raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
         self._check_not_stopped(req.name)
         headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if once else None
         try:
-            await publish_event(self.js, await self._submitted(wf_id, req, req_json), headers=headers)
+            await publish_event(self.js, await self._submitted(wf_id, req, req_json, by), headers=headers)
         except nats.js.errors.APIError as exc:
             if once and wrong_last_sequence(exc):
                 return  # a concurrent submit with the same key wrote it first: one workflow
@@ -305,15 +307,15 @@ class Intake:
             retry = f"retry with the same {IDEMPOTENCY_HEADER} to be sure" if once else f"send a {IDEMPOTENCY_HEADER} to retry safely"
             raise ApiError(503, f"the submission was not acknowledged ({exc!r}); {retry}") from None
 
-    async def _submitted(self, wf_id: str, req: WorkReq, req_json: bytes) -> Submitted:
+    async def _submitted(self, wf_id: str, req: WorkReq, req_json: bytes, by: str) -> Submitted:
         """The event; when it would exceed the server's max payload, the WorkReq goes to the object
         store first and the event says where (services/common/workreqs.py)."""
-        ev = Submitted(id=wf_id, at=time.time(), req=req)
-        if fits(self.nc.max_payload, len(req_json) + 256):
+        ev = Submitted(id=wf_id, at=time.time(), req=req, by=by)
+        if fits(self.nc.max_payload, len(req_json) + 256 + len(by)):
             return ev
         stored = await store(self.js, wf_id, req_json, req.name, self.nc.max_payload)
         log.info("workreq_stored", bucket=stored.bucket, bytes=stored.bytes)
-        return Submitted(id=wf_id, at=ev.at, req_stored=stored)
+        return Submitted(id=wf_id, at=ev.at, req_stored=stored, by=by)
 
     async def exec(self, request: Request) -> bytes:
         wf_id = decode_id(request.data)
@@ -322,7 +324,7 @@ class Intake:
             await self._check_executable(wf_id)
             await publish_event(
                 self.js,
-                ExecRequested(id=wf_id, at=time.time()),
+                ExecRequested(id=wf_id, at=time.time(), by=caller(request.headers).name),
                 headers={"Nats-Expected-Last-Subject-Sequence": "0"},
             )
         except nats.js.errors.APIError as exc:
@@ -370,7 +372,7 @@ class Intake:
             if await last_event(self.js, f"wf.evt.{wf_id}.workflow.{state}") is not None:
                 raise ApiError(409, f"workflow {wf_id} already ended ({state})")
         try:
-            await publish_event(self.js, CancelRequested(id=wf_id, at=time.time()))
+            await publish_event(self.js, CancelRequested(id=wf_id, at=time.time(), by=caller(request.headers).name))
         except (nats.errors.Error, TimeoutError) as exc:
             raise ApiError(503, f"could not record the cancel request: {exc!r}") from None
         return encoder.encode(IdReply(id=wf_id))
@@ -388,6 +390,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)  # the bucket exists
     es_task = asyncio.create_task(es.follow(js, stop, ES_BUCKET))
     await es.ready.wait()
+    await EsGate(nc).subscribe()  # people's emergency-stop writes, recorded with who made them
     idem_kv = await when_ready(lambda: js.key_value(IDEMPOTENCY_BUCKET), stop, what=IDEMPOTENCY_BUCKET)
     uploads = Uploads(await when_ready(lambda: js.key_value(UPLOADS_BUCKET), stop, what=UPLOADS_BUCKET), nc)
     intake = Intake(nc, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv),

@@ -11,7 +11,9 @@ from schemas import (
     BlockEnded,
     BlockStarted,
     BlockStatus,
+    CancelRequested,
     Event,
+    ExecRequested,
     JobCompleted,
     JobFailed,
     JobStarted,
@@ -37,6 +39,7 @@ def new_status(ev: Submitted) -> StatusResp:
         id=ev.id,
         name=ev.req.name,
         desc=ev.req.desc,
+        submitted_by=ev.by,
         blocks=[
             BlockStatus(
                 desc=block.desc,
@@ -60,6 +63,13 @@ def apply(status: StatusResp, ev: Event) -> bool:
         case Approved() | Rejected() if status.verdict == "pending":
             status.verdict = "approved" if isinstance(ev, Approved) else "rejected"
             status.reason = ev.reason if isinstance(ev, Rejected) else ""
+        # who: the first to ask is the one recorded (a cancel may be asked more than once)
+        case Submitted() if not status.submitted_by:
+            status.submitted_by = ev.by
+        case ExecRequested() if not status.executed_by:
+            status.executed_by = ev.by
+        case CancelRequested() if not status.cancelled_by:
+            status.cancelled_by = ev.by
         case WorkflowStarted():
             status.status = _advance(status.status, "running")
         case WorkflowEnded():
@@ -101,7 +111,8 @@ def _apply_job(status: StatusResp, ev: JobStarted | JobCompleted | JobFailed) ->
 
 def _fingerprint(status: StatusResp, ev: Event) -> tuple[object, ...]:
     """The parts of the StatusResp one event can touch."""
-    head = (status.verdict, status.reason, status.status, status.had_errors, status.was_es_stopped)
+    head = (status.verdict, status.reason, status.status, status.had_errors, status.was_es_stopped,
+            status.submitted_by, status.executed_by, status.cancelled_by)
     block_idx = getattr(ev, "block", None)
     if block_idx is None or not 0 <= block_idx < len(status.blocks):
         return head

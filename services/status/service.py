@@ -95,8 +95,8 @@ class Entry:
         return self.urgent or len(self.events) >= MAX_UNWRITTEN_EVENTS or now - self.last_write >= interval_s
 
 
-def _head(status: StatusResp) -> tuple[str, str, str]:
-    return (status.verdict, status.status, status.reason)
+def _head(status: StatusResp) -> tuple[str, ...]:
+    return (status.verdict, status.status, status.reason, status.executed_by, status.cancelled_by)
 
 
 class Projection:

@@ -33,7 +33,7 @@ from services.common.bus import read_history
 from services.common.topology import JOBS_STREAM, STATUS_BUCKET
 from services.status import fold
 from tests.conftest import REPO, RunningSystem, eventually, processes
-from wf import auth, client
+from wf import client
 
 T = TypeVar("T")
 
@@ -65,8 +65,12 @@ async def restarted(system: RunningSystem, role: str, old_pid: int, count: int =
 
 
 def role_url(system: RunningSystem, role: str, host_port: str | None = None) -> str:
-    credentials = json.loads((system.data_dir / "auth" / "credentials.json").read_text())
-    return auth.role_url(host_port or system.url.rpartition("@")[2].removeprefix("nats://"), role, credentials)
+    """A service's own URL, as `wf up` gave it to that service's process (no file holds it: a
+    process of the same OS user can read another's environment, which is what this test does)."""
+    pid = sorted(processes(system.proc.pid).get(role, []))[0]
+    environ = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
+    url = environ["WF_NATS_URL"]
+    return url if host_port is None else f"{url.rpartition('@')[0]}@{host_port}"
 
 
 @dataclass

@@ -47,7 +47,9 @@ async def test_connecting_without_credentials_or_with_a_wrong_password_fails(sys
 
 
 def test_secrets_are_files_only_their_owner_reads(system):
-    for name in ("client.env", "operator.env", "admin.env", "nats-server.conf", "auth/credentials.json"):
+    for name in ("client.env", "operator.env", "admin.env", "nats-server.conf", "auth/users.json",
+                 "auth/service-users.json", "auth/wf-users.conf", "auth/people-users.conf", "users/client.env",
+                 "users/operator.env"):
         mode = (system.data_dir / name).stat().st_mode
         assert stat.S_IMODE(mode) == 0o600, name
     log = system.log_path.read_text()

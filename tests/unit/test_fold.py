@@ -146,3 +146,42 @@ def test_a_status_too_large_for_one_message_is_written_as_a_summary_that_counts_
     # the name travels with a stored WorkReq, so a submitted event without one still names it
     stored = Submitted(id="W", at=0, req_stored=StoredReq(bucket="b", object="W", bytes=1, sha256="x", workreq="N"))
     assert stored.workreq_name == "N" == Submitted(id="W", at=0, req=REQ).workreq_name
+
+
+def test_who_submitted_executed_and_cancelled_is_folded_in_and_summarised():
+    from schemas import CancelRequested, summarise
+
+    events = [Submitted(id="W", at=0, req=REQ, by="alice"), Approved(id="W", at=0), ExecRequested(id="W", at=1, by="bob"),
+              WorkflowStarted(id="W", at=1), CancelRequested(id="W", at=2, by="carol"),
+              CancelRequested(id="W", at=3, by="dave")]  # a second cancel: the first asked is recorded
+    status = fold(events)
+    assert (status.submitted_by, status.executed_by, status.cancelled_by) == ("alice", "bob", "carol")
+    summary = summarise(status)
+    assert (summary.submitted_by, summary.executed_by, summary.cancelled_by) == ("alice", "bob", "carol")
+    # the exec and the cancel each change the status (so the projection writes them)
+    status = fold(events[:2])
+    assert apply(status, events[2]) and status.executed_by == "bob"
+    assert not apply(status, events[2])  # again: nothing new
+    assert apply(status, events[4]) and status.cancelled_by == "carol"
+    assert not apply(status, events[5]) and status.cancelled_by == "carol"
+
+
+def test_events_and_statuses_older_than_the_actor_fields_still_decode_and_fold_to_empty():
+    import json
+
+    from schemas import event_decoder, status_decoder
+
+    old = [b'{"type": "submitted", "id": "W", "at": 0, "req": %s}' % encoder.encode(REQ),
+           b'{"type": "approved", "id": "W", "at": 0}', b'{"type": "exec_requested", "id": "W", "at": 0}',
+           b'{"type": "cancel_requested", "id": "W", "at": 0}']
+    events = [event_decoder.decode(data) for data in old]
+    assert [ev.by for ev in (events[0], events[2], events[3])] == ["", "", ""]
+    status = fold(events)
+    assert (status.submitted_by, status.executed_by, status.cancelled_by) == ("", "", "")
+    # a StatusResp stored before the fields existed
+    stored = json.loads(encoder.encode(status))
+    for key in ("submitted_by", "executed_by", "cancelled_by"):
+        del stored[key]
+    again = status_decoder.decode(json.dumps(stored))
+    assert (again.submitted_by, again.executed_by, again.cancelled_by) == ("", "", "")
+    assert encoder.encode(again) == encoder.encode(status)
