@@ -116,16 +116,19 @@ class Role:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
+    responses: bool = False  # may answer the requests it receives (nats-server's allow_responses)
 
 
 def _role(name: str, account: str, publish: list[str], subscribe: list[str], deny: list[str] | None = None) -> Role:
-    """A service receives only on its own inbox prefix (SERVICE_INBOXES): no service reads another's
-    replies or deliveries, and none may publish into another's (they answer `_INBOX.>`, the admin's
-    and `wf up`'s, and `_R_.>`, people's requests as the import renames their replies)."""
+    """A service receives only on its own inbox prefix (SERVICE_INBOXES), and publishes to no inbox
+    at all: it answers the requests it received and nothing else (`allow_responses`), so no service
+    reads another's replies or deliveries, or writes into them or into the admin's."""
     deny_list = deny if deny is not None else ([] if name == "admin" else PROTECTED)
     own_inbox = SERVICE_INBOXES.get(f"wf-{name}")
-    receive = f"{own_inbox}.>" if own_inbox else INBOX
-    return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, receive])),
+    if own_inbox:
+        return Role(name, account, tuple(dict.fromkeys(s for s in publish if s != "_R_.>")),
+                    tuple(dict.fromkeys([*subscribe, f"{own_inbox}.>"])), tuple(deny_list), responses=True)
+    return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, INBOX])),
                 tuple(deny_list))
 
 
@@ -259,8 +262,10 @@ def user_entry(name: str, password_hash: str, role: Role) -> dict[str, object]:
     publish: dict[str, object] = {"allow": list(role.publish)}
     if role.deny_publish:
         publish["deny"] = list(role.deny_publish)
-    return {"user": name, "password": password_hash,
-            "permissions": {"publish": publish, "subscribe": {"allow": list(role.subscribe)}}}
+    permissions: dict[str, object] = {"publish": publish, "subscribe": {"allow": list(role.subscribe)}}
+    if role.responses:
+        permissions["allow_responses"] = True
+    return {"user": name, "password": password_hash, "permissions": permissions}
 
 
 def system_users(credentials: dict[str, str]) -> dict[str, list[dict[str, object]]]:
@@ -272,6 +277,18 @@ def system_users(credentials: dict[str, str]) -> dict[str, list[dict[str, object
     return users
 
 
+DEFAULT_PEOPLE_STORE_BYTES = 10 * 1024**3
+
+
+def people_store_bytes() -> int:
+    """The most the PEOPLE account's views may store on disk (WF_PEOPLE_STORE_BYTES, default 10 GiB):
+    what a person abusing a push consumer can fill at worst; WF's own store is not part of it."""
+    try:
+        return max(1, int(os.environ.get("WF_PEOPLE_STORE_BYTES", DEFAULT_PEOPLE_STORE_BYTES)))
+    except ValueError:
+        return DEFAULT_PEOPLE_STORE_BYTES
+
+
 def accounts_block(users: dict[str, list[dict[str, object]]] | None = None,
                    includes: dict[str, Path] | None = None) -> str:
     """The `accounts { WF {...}, PEOPLE {...} }` block of a nats-server configuration (JSON is valid
@@ -280,7 +297,8 @@ def accounts_block(users: dict[str, list[dict[str, object]]] | None = None,
     accounts: dict[str, dict[str, object]] = {
         WF_ACCOUNT: {"jetstream": "enabled", "exports": _exports()},
         PEOPLE_ACCOUNT: {
-            "jetstream": {"max_streams": len(VIEW_STREAMS), "max_consumers": VIEW_MAX_CONSUMERS},
+            "jetstream": {"max_streams": len(VIEW_STREAMS), "max_consumers": VIEW_MAX_CONSUMERS,
+                          "max_file": people_store_bytes()},
             "imports": _imports(),
         },
     }

@@ -90,7 +90,7 @@ ERROR_HINTS = {
     409: "`wf status ID` shows where it is",
     412: "`wf status ID` shows its verdict; past the exec window, submit it again",
     423: "an emergency stop holds that WorkReq name: `wf es go NAME` (operator credential) lifts it",
-    429: "too many requests in flight: retry in a moment",
+    429: "wait for your earlier requests to finish, then retry",
     503: "a dependency is down or the policy configuration is invalid: see `wf up`'s log, then retry",
 }
 

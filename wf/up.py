@@ -265,10 +265,11 @@ class System:
         """This run's system users (hashed) and the registry's people, as the server includes them;
         returns the configuration's `accounts` block."""
         assert self.credentials is not None
-        self.people_urls = users.ensure_first_people(self.users, self.base_url)
-        users.write_private(self.users.service_users, json.dumps(auth.system_users(self.credentials)) + "\n")
-        (self.data_dir / "auth" / "credentials.json").unlink(missing_ok=True)  # older runs kept every password here
-        users.render(self.users)
+        with users.locked(self.users):  # a `wf user` at the same time renders after us, with our users
+            self.people_urls = users.ensure_first_people(self.users, self.base_url)
+            users.write_private(self.users.service_users, json.dumps(auth.system_users(self.credentials)) + "\n")
+            (self.data_dir / "auth" / "credentials.json").unlink(missing_ok=True)  # older runs kept every password here
+            users.render(self.users)
         # nats-server reads an include relative to the configuration file's folder, the data dir
         return auth.accounts_block(includes={auth.WF_ACCOUNT: self.users.wf_conf.relative_to(self.data_dir),
                                              auth.PEOPLE_ACCOUNT: self.users.people_conf.relative_to(self.data_dir)})

@@ -36,8 +36,15 @@ from urllib.parse import quote, urlsplit
 from . import auth
 
 PERSON_ROLES = ("client", "operator", "admin")
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # whole names only (fullmatch)
 RESERVED = frozenset(auth.ROLES) - {"client", "operator"}  # the services', the shared admin's, views
+
+
+def reserved(name: str) -> bool:
+    """Names that would read as the system's own in a record (`admin`, `wf-executor`, `unknown:...`),
+    in any case."""
+    lowered = name.lower()
+    return lowered in RESERVED or lowered.startswith(("wf-", "unknown"))
 FIRST_PEOPLE = {"client": "client", "operator": "operator"}  # client.env and operator.env
 DEFAULT_HOST_PORT = "127.0.0.1:4222"
 
@@ -94,17 +101,18 @@ def write_private(path: Path, text: str) -> None:
 
 
 def check_name(name: str) -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise UserError(f"user name {name!r} must be 1-64 letters, digits, '-' or '_'")
-    if name in RESERVED:
-        raise UserError(f"user name {name!r} is reserved for the system ({', '.join(sorted(RESERVED))})")
+    if reserved(name):
+        raise UserError(f"user name {name!r} is reserved for the system ({', '.join(sorted(RESERVED))}, wf-*, unknown*)")
 
 
 @contextmanager
 def locked(paths: Paths) -> Iterator[None]:
     """One change to the registry at a time (two `wf user add` at once, or with `wf up`)."""
     paths.lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(paths.lock, "a") as fh:
+    fd = os.open(paths.lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -176,13 +184,16 @@ def render(paths: Paths) -> None:
 
 
 def _server_pid(paths: Paths) -> int | None:
-    """The running embedded nats-server's pid, checked to be one (a stale pid file is ignored)."""
+    """The pid of the nats-server running this data dir's configuration (a stale pid file, now
+    another process's, is ignored)."""
     try:
         pid = int(paths.pid.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
         return None
-    return pid if b"nats-server" in cmdline else None
+    conf = str(paths.data_dir / "nats-server.conf").encode()
+    return pid if exe.startswith("nats-server") and conf in argv else None
 
 
 def reload_server(paths: Paths) -> bool:
@@ -241,22 +252,21 @@ def current_login() -> str:
 def ensure_first_people(paths: Paths, base_url: str) -> dict[str, str]:
     """At `wf up`: the first client and operator, and a personal operator credential for whoever
     runs it, exist with a usable env file (issued if missing); every person's env file points at
-    this run's server. Returns {name: url} of the first people."""
-    with locked(paths):
-        write_private(paths.server, json.dumps({"url": base_url}) + "\n")
-        fresh = not paths.registry.exists()
-        registry = load(paths)
-        firsts = dict(FIRST_PEOPLE)
-        login = current_login()
-        if fresh and NAME_RE.match(login) and login not in RESERVED and login not in firsts:
-            firsts[login] = "operator"  # once, on the first start: removing it lasts
-        for name, role in firsts.items():
-            if name not in registry or read_env_url(paths.env(name)) is None:
-                issue(paths, registry, name, registry.get(name, {}).get("role", role), by="wf up")
-        for name in registry:
-            _point_at(paths, name, base_url)
-        save(paths, registry)
-        return {name: read_env_url(paths.env(name)) or "" for name in FIRST_PEOPLE}
+    this run's server. Returns {name: url} of the first people. Call it under `locked(paths)`."""
+    write_private(paths.server, json.dumps({"url": base_url}) + "\n")
+    fresh = not paths.registry.exists()
+    registry = load(paths)
+    firsts = dict(FIRST_PEOPLE)
+    login = current_login()
+    if fresh and NAME_RE.fullmatch(login) and not reserved(login) and login not in firsts:
+        firsts[login] = "operator"  # once, on the first start: removing it lasts
+    for name, role in firsts.items():
+        if name not in registry or read_env_url(paths.env(name)) is None:
+            issue(paths, registry, name, registry.get(name, {}).get("role", role), by="wf up")
+    for name in registry:
+        _point_at(paths, name, base_url)
+    save(paths, registry)
+    return {name: read_env_url(paths.env(name)) or "" for name in FIRST_PEOPLE}
 
 
 def _point_at(paths: Paths, name: str, base_url: str) -> None:
@@ -285,9 +295,11 @@ async def _can_connect(url: str) -> bool:
     import nats
     import nats.errors
 
+    import asyncio
+
     try:
-        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0,
-                                error_cb=_quiet, tls=_tls(url))
+        nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0,
+                                                 error_cb=_quiet, tls=_tls(url)), 2)
     except (nats.errors.Error, OSError, TimeoutError):
         return False
     await nc.close()

@@ -2,7 +2,10 @@
 
 nats-py runs one callback at a time per subscription, so a handler that waits (submit waits for a
 verdict) would stall its endpoint. Each request is therefore handled in its own task, at most
-`max_in_flight` at once; past that the request is refused at once with 429 (the seed's behaviour).
+`max_in_flight` at once from all callers together and `max_in_flight_per_caller` from any one
+caller (the person the server authenticated: identity.py); past either, the request is refused at
+once with 429 saying which limit it met. The per-caller limit is below the global one, so one
+client's burst cannot take every place and lock the others out.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from nats.micro.service import Endpoint, Service
 
 from schemas import DECODE_ERRORS, encoder, id_request_decoder
 
+from .identity import caller
 from .ids import is_valid_id
+from .settings import max_in_flight_per_caller as default_per_caller
 from .strictjson import find_duplicate_key
 
 log = structlog.get_logger()
@@ -50,26 +55,67 @@ Handler = Callable[[Request], Awaitable[bytes]]
 
 
 class ConcurrentEndpoint:
-    """Runs a handler per request in its own task; keeps the micro STATS honest."""
+    """Runs a handler per request in its own task; keeps the micro STATS honest.
 
-    def __init__(self, name: str, handler: Handler, max_in_flight: int) -> None:
+    `max_in_flight_per_caller`: None reads WF_MAX_IN_FLIGHT_PER_CALLER, else a quarter of
+    `max_in_flight` (services/common/settings.py)."""
+
+    def __init__(
+        self, name: str, handler: Handler, max_in_flight: int, max_in_flight_per_caller: int | None = None,
+    ) -> None:
         self.name = name
         self.handler = handler
         self.max_in_flight = max_in_flight
+        self.max_in_flight_per_caller = (default_per_caller(max_in_flight) if max_in_flight_per_caller is None
+                                         else max_in_flight_per_caller)
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.by_caller: dict[str, int] = {}  # requests in flight per caller (no entry at 0)
         self.endpoint: Endpoint | None = None
+        self.subject = ""
 
     async def register(self, service: Service, subject: str) -> None:
+        self.subject = subject
         await service.add_endpoint(name=self.name, subject=subject, handler=self.accept)
         self.endpoint = next(e for e in service._endpoints if e._name == self.name)
 
     async def accept(self, request: Request) -> None:
-        if len(self.in_flight) >= self.max_in_flight:
-            await self._reply_error(request, ApiError(429, f"too many requests in flight (limit {self.max_in_flight})"))
+        if request.subject != self.subject:
+            # A push consumer's delivery (nats-server does not check a deliver subject against its
+            # creator's permissions): it keeps the stored message's subject, and no stream stores
+            # `wf.api.*`. Acting on it would let any credential that may create a consumer call the
+            # API (tests/integration/test_delivery_attacks.py); it gets no answer.
+            log.warning("request_refused", endpoint=self.name, reason="a delivery, not a request",
+                        subject=request.subject[:200])
             return
+        who = caller(request.headers).name
+        refusal = self._refusal(who)
+        if refusal is not None:
+            log.info("request_refused", endpoint=self.name, caller=who, outcome="error_429", reason=refusal.message)
+            await self._reply_error(request, refusal)
+            return
+        self.by_caller[who] = self.by_caller.get(who, 0) + 1
         task = asyncio.create_task(self._handle(request))
         self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(lambda done: self._done(done, who))
+
+    def _refusal(self, who: str) -> ApiError | None:
+        """429 when the caller holds its own share, or when everyone's requests fill the endpoint."""
+        if self.by_caller.get(who, 0) >= self.max_in_flight_per_caller:
+            return ApiError(429, f"too many requests in flight from you ({who}): {self.max_in_flight_per_caller} "
+                                 f"at once on {self.name} per caller (WF_MAX_IN_FLIGHT_PER_CALLER); wait for "
+                                 "your earlier requests' replies before sending more")
+        if len(self.in_flight) >= self.max_in_flight:
+            return ApiError(429, f"too many requests in flight from everyone: {self.max_in_flight} at once on "
+                                 f"{self.name} for all callers together (WF_MAX_IN_FLIGHT); retry in a moment")
+        return None
+
+    def _done(self, task: asyncio.Task[None], who: str) -> None:
+        self.in_flight.discard(task)
+        left = self.by_caller.get(who, 0) - 1
+        if left > 0:
+            self.by_caller[who] = left
+        else:
+            self.by_caller.pop(who, None)
 
     async def _handle(self, request: Request) -> None:
         started = time.perf_counter()

@@ -75,6 +75,13 @@ VIEW_MIRRORS = (STATUS_BUCKET, ES_BUCKET)
 VIEW_MAX_CONSUMERS = 1000  # consumers a view holds at most (people's ordered consumers, watches)
 VIEW_CONSUMER_INACTIVE_S = 300.0  # the longest a person's consumer may stay unused; also its default
 VIEW_DUPLICATE_WINDOW_S = 0.1  # the server's smallest
+# A person can make the server itself publish (a push consumer's deliveries and redeliveries are not
+# checked against its creator's permissions) onto a subject it subscribes to, `wf.evt.X` included,
+# which the events view stores. Bounded: copies per subject (an event's subject holds one message per
+# attempt, at most WF_MAX_DELIVERIES), and the whole PEOPLE account's store (wf/auth.py,
+# WF_PEOPLE_STORE_BYTES): past it the views stop taking messages, WF's streams never notice
+# (docs/security.md).
+VIEW_MAX_PER_SUBJECT = 32
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -147,6 +154,7 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
 
 def view_configs(replicas: int = 1) -> list[StreamConfig]:
     """The PEOPLE account's views (created with the `views` role's credential)."""
+    # (no max_ack_pending default: the server would then refuse ordered consumers, which ack nothing)
     limits = StreamConsumerLimits(inactive_threshold=VIEW_CONSUMER_INACTIVE_S)
     common = dict(storage=StorageType.FILE, allow_direct=True, num_replicas=replicas, deny_delete=True,
                   deny_purge=True, max_consumers=VIEW_MAX_CONSUMERS, consumer_limits=limits)
@@ -154,7 +162,8 @@ def view_configs(replicas: int = 1) -> list[StreamConfig]:
         # WF's stream republishes only what it stored, each once: nothing to deduplicate here, and a
         # window as long as WF's would hold every event's Nats-Msg-Id in the server's memory for nothing
         StreamConfig(name=EVENTS_STREAM, subjects=["wf.evt.>"], retention=RetentionPolicy.LIMITS,
-                     duplicate_window=VIEW_DUPLICATE_WINDOW_S, **common),  # type: ignore[arg-type]
+                     duplicate_window=VIEW_DUPLICATE_WINDOW_S, max_msgs_per_subject=VIEW_MAX_PER_SUBJECT,
+                     **common),  # type: ignore[arg-type]
     ]
     for bucket in VIEW_MIRRORS:
         stream = f"KV_{bucket}"

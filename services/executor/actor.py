@@ -42,9 +42,10 @@ class NotExecutable(Exception):
 class WorkflowActor:
     def __init__(
         self, js: JetStreamContext, wf_id: str, exec_msg: Msg, es: EmergencyStops, limits: DispatchLimits | None,
-        lease: Lease, is_gate: Callable[[str], bool],
+        lease: Lease, is_gate: Callable[[str], bool], max_jobs_in_flight: int | None = None,
     ) -> None:
         self.js = js
+        self.max_jobs_in_flight = max_jobs_in_flight  # the workflow's share of the runners' slots
         self.is_gate = is_gate  # from this executor's own job registry, never from a failure event
         self.id = wf_id
         self.exec_msg = exec_msg
@@ -177,7 +178,7 @@ class WorkflowActor:
     def _apply(self, ev: object) -> None:
         if isinstance(ev, Submitted):
             assert ev.req is not None  # resolved by _follow
-            self.progress = WorkflowProgress(self.id, ev.req, self.is_gate)
+            self.progress = WorkflowProgress(self.id, ev.req, self.is_gate, self.max_jobs_in_flight)
         elif isinstance(ev, Approved):
             self.approved = True
         elif self.progress is not None:

@@ -9,7 +9,13 @@ Gates (jobs that guard what follows them: `tokenBucket`, `validateDecom`, any pl
 the failure event: whatever a gate's failure says (fatal or not, a crash, a timeout, retries or
 deliveries exhausted, a runner's own report), it ends the workflow as a fatal failure would, and no
 failure budget lets it through. Inside a block nothing after a gate is dispatched until the gate
-has completed, so nothing it guards runs before or without it."""
+has completed, so nothing it guards runs before or without it.
+
+Fair shares of the runners: besides its block's `rate_limit`, a workflow never has more than
+`max_in_flight` jobs dispatched and not ended (WF_MAX_JOBS_IN_FLIGHT_PER_WORKFLOW, half of one
+runner's slots by default). A workflow of many long jobs therefore never holds every runner slot,
+nor fills the FIFO work queue ahead of a workflow started after it: that one's commands find slots
+free and run at once."""
 
 from __future__ import annotations
 
@@ -56,10 +62,15 @@ class Decision:
 
 
 class WorkflowProgress:
-    def __init__(self, wf_id: str, req: WorkReq, is_gate: Callable[[str], bool]) -> None:
-        """`is_gate(job name)`: from the executor's job registry (`JobRegistry.gate_predicate`)."""
+    def __init__(
+        self, wf_id: str, req: WorkReq, is_gate: Callable[[str], bool], max_in_flight: int | None = None,
+    ) -> None:
+        """`is_gate(job name)`: from the executor's job registry (`JobRegistry.gate_predicate`).
+        `max_in_flight`: the most jobs in flight for the whole workflow, whatever a block's
+        `rate_limit` allows (None: the rate limit alone)."""
         self.id = wf_id
         self.req = req
+        self.max_in_flight = max_in_flight
         self.started = False
         self.ended = False
         self.stopped_by = ""  # "es" or "cancel" once a stop was requested
@@ -147,7 +158,8 @@ class WorkflowProgress:
         a cancel ends the block and the workflow at once: nothing more is dispatched, no later block
         starts, and the jobs still running are the runners' to cancel when they see the workflow
         end. Inside a block, commands go out in job order up to the rate limit, and none after a
-        gate that has not completed."""
+        gate that has not completed; never more in flight than the rate limit, nor than the
+        workflow's share of the runners (`max_in_flight`)."""
         at = time.time() if now is None else now
         out = Decision()
         if self.ended:
@@ -171,6 +183,8 @@ class WorkflowProgress:
                 break
             in_flight = sum(job.in_flight for job in jobs)
             limit = self.req.blocks[b].effective_rate_limit
+            if self.max_in_flight is not None:
+                limit = min(limit, max(1, self.max_in_flight))
             for j, job in enumerate(jobs):
                 if in_flight >= limit:
                     break

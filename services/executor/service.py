@@ -30,10 +30,11 @@ log = structlog.get_logger()
 class Executor:
     def __init__(
         self, js: JetStreamContext, es: EmergencyStops, limits: DispatchLimits | None, leases: KeyValue,
-        is_gate: Callable[[str], bool],
+        is_gate: Callable[[str], bool], max_jobs_in_flight: int | None = None,
     ) -> None:
         self.js = js
         self.is_gate = is_gate
+        self.max_jobs_in_flight = max_jobs_in_flight  # per workflow: its fair share of the runners
         self.es = es
         self.limits = limits
         self.leases = leases
@@ -62,7 +63,7 @@ class Executor:
             actor.renew(msg)
             return
         lease = Lease(self.js, self.leases, ev.id, self.instance)
-        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits, lease, self.is_gate)
+        actor = WorkflowActor(self.js, ev.id, msg, self.es, self.limits, lease, self.is_gate, self.max_jobs_in_flight)
         self.actors[ev.id] = actor
         task = asyncio.create_task(self._run(actor))
         self.tasks.add(task)
@@ -110,8 +111,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     jobs = job_registry_or_exit(settings, check_inventory=False)
     is_gate = jobs.gate_predicate()
     log.info("gate_jobs", jobs=[name for name in jobs.names() if is_gate(name)])
-    executor = Executor(js, es, limits, leases, is_gate)
-    log.info("executor_instance", instance=executor.instance)
+    executor = Executor(js, es, limits, leases, is_gate, settings.max_jobs_in_flight_per_workflow)
+    log.info("executor_instance", instance=executor.instance,
+             max_jobs_in_flight_per_workflow=settings.max_jobs_in_flight_per_workflow)
     sub = await bind_durable(nc, EVENTS_STREAM, EXECUTOR_CONSUMER, stop)
     async for batch in fetch_batches(sub, 32, stop):
         for msg in batch:

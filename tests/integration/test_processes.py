@@ -160,8 +160,9 @@ def test_the_cli_walkthrough(system, tmp_path):
     cancelled_late = run("cancel", wf_id)
     assert cancelled_late.returncode == 1 and "error 409" in cancelled_late.stderr  # it already ended
     assert run("es", "go", "Nope").stdout.strip() == "Nope go"  # a name with no emergency-stop key is stopped
-    shown = run("es", "show").stdout.splitlines()
+    shown = [line.split("  (by ")[0] for line in run("es", "show").stdout.splitlines()]
     assert "Nope go" in shown and "SleepDemo go" in shown and "SatelliteDiskErase go" in shown
+    assert any(line.startswith("Nope go  (by operator at ") for line in run("es", "show").stdout.splitlines())
     rejected = run("submit", "-", stdin=json.dumps({"name": "Nope", "blocks": [{"jobs": [{"name": "sleep", "args": {"seconds": "1"}}]}]}))
     assert rejected.returncode == 1 and "error 400: no policy for WorkReq name 'Nope'" in rejected.stderr
     rejected_id = rejected.stdout.split()[0]
