@@ -148,7 +148,7 @@ async def cmd_es(args: argparse.Namespace) -> int:
     nc = await _connect(args, role="operator")
     try:
         try:
-            kv = await nc.jetstream().key_value(ES_BUCKET)
+            await nc.jetstream().key_value(ES_BUCKET)  # the operator's view of the bucket: refused to clients
         except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
             # what a credential without the operator's rights may see instead of a permissions violation
             raise Failure(f"the emergency-stop bucket {ES_BUCKET} is out of this credential's reach ({type(exc).__name__})",

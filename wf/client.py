@@ -55,6 +55,11 @@ async def call(
         message = (f"the request is {len(body)} bytes, above the server's max payload of {nc.max_payload} bytes "
                    "(wf up's embedded server allows 8 MB; raise max_payload on your own server)")
         raise WfError(413, message, {"error": {"code": 413, "message": message}})
+    # who this is, for requests from inside WF (an admin): people's are named by the server, which
+    # makes the services ignore this header on theirs (services/common/identity.py)
+    url = nc.connected_url
+    if url is not None and url.username:
+        headers = {"Wf-Actor": url.username, **(headers or {})}
     try:
         msg = await nc.request(subject, body, timeout=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:

@@ -292,10 +292,10 @@ CHECK_WITHIN_S = 5.0
 
 
 async def _can_connect(url: str) -> bool:
+    import asyncio
+
     import nats
     import nats.errors
-
-    import asyncio
 
     try:
         nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0,

@@ -66,10 +66,14 @@ async def restarted(system: RunningSystem, role: str, old_pid: int, count: int =
 
 def role_url(system: RunningSystem, role: str, host_port: str | None = None) -> str:
     """A service's own URL, as `wf up` gave it to that service's process (no file holds it: a
-    process of the same OS user can read another's environment, which is what this test does)."""
-    pid = sorted(processes(system.proc.pid).get(role, []))[0]
-    environ = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
-    url = environ["WF_NATS_URL"]
+    process of the same OS user can read another's environment, which is what this test does).
+    `admin`: the admin's (for a service of a role `wf up` started none of)."""
+    if role == "admin":
+        url = system.url
+    else:
+        pid = sorted(processes(system.proc.pid).get(role, []))[0]
+        environ = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
+        url = environ["WF_NATS_URL"]
     return url if host_port is None else f"{url.rpartition('@')[0]}@{host_port}"
 
 

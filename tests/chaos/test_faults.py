@@ -219,14 +219,14 @@ async def test_network_cut_between_executor_and_nats(systems, tmp_path: Path, cu
     nc = await _admin(system)
     proxy = TcpProxy(int(system.url.rpartition(":")[2]))
     await proxy.start()
-    cut_off = start_service("executor", role_url(system, "executor", f"127.0.0.1:{proxy.port}"),
+    cut_off = start_service("executor", role_url(system, "admin", f"127.0.0.1:{proxy.port}"),
                             tmp_path / "executor-cut.log", float(TIME_SCALE))
     backup = None
     try:
         await eventually(lambda: instances(nc, "wf-executor"), 30, what="the proxied executor")
         wf_ids = await run_workflows(nc, 3, blocks=4, jobs=3)
         await job_started(nc, wf_ids)
-        backup = start_service("executor", role_url(system, "executor"), tmp_path / "executor-backup.log",
+        backup = start_service("executor", role_url(system, "admin"), tmp_path / "executor-backup.log",
                                float(TIME_SCALE))
         await eventually(lambda: _count_is(nc, 2), 30, what="the backup executor")
         getattr(proxy, cut)()

@@ -253,3 +253,25 @@ async def test_one_person_cannot_act_as_another(system):
     finally:
         await mallory.close()
         await bob.close()
+
+
+async def test_an_admin_person_is_recorded_by_name(system):
+    """An admin is in WF (everything is theirs, as with admin.env); `wf` names them on each request,
+    and a person's same claim is ignored."""
+    assert wf(system, "user", "add", "dana", "--role", "admin").returncode == 0
+    done = subprocess.run([sys.executable, "-m", "wf.cli", "--data-dir", str(system.data_dir), "submit", "-"],
+                          input=json.dumps(sleep_workreq()), capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "WF_NATS_URL": env_url(system, "dana")})
+    assert done.returncode == 0, done.stderr
+    wf_id = done.stdout.split()[0]
+    admin = await nats.connect(system.url)
+    try:
+        assert (await status_of(admin, wf_id))["submitted_by"] == "dana"
+        # dana is in WF: she may do what only the admin may, e.g. read a service's stream directly
+        dana = await nats.connect(env_url(system, "dana"))
+        try:
+            assert (await dana.jetstream().stream_info("WF_JOBS")).config.name == "WF_JOBS"
+        finally:
+            await dana.close()
+    finally:
+        await admin.close()
