@@ -116,18 +116,20 @@ class Role:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
-    responses: bool = False  # may answer the requests it receives (nats-server's allow_responses)
 
 
 def _role(name: str, account: str, publish: list[str], subscribe: list[str], deny: list[str] | None = None) -> Role:
-    """A service receives only on its own inbox prefix (SERVICE_INBOXES), and publishes to no inbox
-    at all: it answers the requests it received and nothing else (`allow_responses`), so no service
-    reads another's replies or deliveries, or writes into them or into the admin's."""
+    """A service receives only on its own inbox prefix (SERVICE_INBOXES): no service reads another's
+    replies or deliveries, and none can publish into another's (`_INBOX.>` is not `_INBOX_executor.>`).
+    It answers on `_INBOX.>` (the admin's commands) and `_R_.>` (people's requests, as the import
+    renames their replies). (nats-server's `allow_responses` would narrow that to the requests it
+    received, but the server then tracks the reply subject of every message a service receives,
+    every JetStream delivery included: measured, it cost the server memory and CPU on each job.)"""
     deny_list = deny if deny is not None else ([] if name == "admin" else PROTECTED)
     own_inbox = SERVICE_INBOXES.get(f"wf-{name}")
     if own_inbox:
-        return Role(name, account, tuple(dict.fromkeys(s for s in publish if s != "_R_.>")),
-                    tuple(dict.fromkeys([*subscribe, f"{own_inbox}.>"])), tuple(deny_list), responses=True)
+        return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])),
+                    tuple(dict.fromkeys([*subscribe, f"{own_inbox}.>"])), tuple(deny_list))
     return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, INBOX])),
                 tuple(deny_list))
 
@@ -263,8 +265,6 @@ def user_entry(name: str, password_hash: str, role: Role) -> dict[str, object]:
     if role.deny_publish:
         publish["deny"] = list(role.deny_publish)
     permissions: dict[str, object] = {"publish": publish, "subscribe": {"allow": list(role.subscribe)}}
-    if role.responses:
-        permissions["allow_responses"] = True
     return {"user": name, "password": password_hash, "permissions": permissions}
 
 

@@ -187,6 +187,7 @@ async def ping_instances(nc, wait_s: float = 0.3) -> dict[str, tuple[str, int]]:
 # Messages up to 8 MB: a 50,000-job WorkReq and its StatusResp go as one message each (NATS's
 # default is 1 MB). Larger ones still work, in parts and through the object store (services/common/workreqs.py).
 MAX_PAYLOAD = "8MB"
+NATS_MEMORY_LIMIT = "1GiB"
 
 
 def write_server_config(data_dir: Path, port: int, authorization: str = "", sync: str = "",
@@ -321,7 +322,11 @@ class System:
                 conf = write_server_config(self.data_dir, self.opts.nats_port, tls + accounts,
                                            self.opts.sync, self.opts.max_payload, pid_file=self.users.pid)
                 argv = [binary, "-c", str(conf)]
-                self.server = Supervised("nats-server", argv, dict(os.environ))
+                # Go's soft memory limit: the server's garbage collector works harder as the heap nears
+                # it instead of letting garbage double the footprint (docs/performance.md); set
+                # GOMEMLIMIT yourself to change it (the server may exceed it when it needs the memory)
+                server_env = {"GOMEMLIMIT": NATS_MEMORY_LIMIT, **os.environ}
+                self.server = Supervised("nats-server", argv, server_env)
                 await self.server.start()
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))
                 await wait_for_port(self.opts.nats_port)
