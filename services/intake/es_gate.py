@@ -110,9 +110,10 @@ class EsGate:
 
     async def handle(self, msg: Msg) -> None:
         """Queue the write under its sender (never waits: the subscription is never held up)."""
-        if not msg.subject.startswith(("wf.gate.es.", "wf.gate.es_mirror.")) or not msg.reply \
-                or msg.reply.startswith("$JS."):
-            log.warning("es_gate_ignored", reason="not a request (a JetStream delivery?)")
+        # a JetStream delivery keeps its stored subject (and no stream stores these) and has a `$JS.`
+        # reply; a plain publish with no reply (`nats pub '$KV.wf_es.NAME' stop`) is a stop all the same
+        if not msg.subject.startswith(("wf.gate.es.", "wf.gate.es_mirror.")) or msg.reply.startswith("$JS."):
+            log.warning("es_gate_ignored", reason="a JetStream delivery, not a write")
             return
         who = caller(msg.headers).name
         queue = self.waiting.setdefault(who, deque())

@@ -131,13 +131,15 @@ async def test_emergency_stop_changes_say_who_whatever_the_sender_claims(system)
         # the nats CLI writes a mirrored bucket through the mirror's API prefix
         ack = await carol.request("$JS.wf.API.$KV.wf_es.PeopleStopC", b"stop", timeout=5)
         assert json.loads(ack.data).get("stream") == "KV_wf_es", ack.data
+        await carol.publish("$KV.wf_es.PeopleStopD", b"stop")  # `nats pub`: no reply asked, a stop all the same
+        await carol.flush()
 
         async def recorded() -> dict | None:  # type: ignore[type-arg]
             changes = await emergency_stop_changes(admin)
-            return changes if {"PeopleStopA", "PeopleStopB", "PeopleStopC"} <= set(changes) else None
+            return changes if {"PeopleStopA", "PeopleStopB", "PeopleStopC", "PeopleStopD"} <= set(changes) else None
 
         changes = await eventually(recorded, 10, what="the changes to be recorded")
-        for name in ("PeopleStopA", "PeopleStopB", "PeopleStopC"):
+        for name in ("PeopleStopA", "PeopleStopB", "PeopleStopC", "PeopleStopD"):
             assert changes[name]["by"] == "carol", changes[name]
             assert changes[name]["at"].startswith("20") and not changes[name]["at"].startswith("1999")
         assert changes["PeopleStopA"]["why"] == "drill"
