@@ -65,6 +65,16 @@ class IdRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
 
 
+MAX_COMMENT = 1024  # characters of an approval's or a denial's comment
+
+
+class ApprovalRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `wf.api.approve` and `wf.api.deny` (a denial needs a non-empty comment)."""
+
+    id: str
+    comment: Annotated[str, Meta(max_length=MAX_COMMENT)] = ""
+
+
 # ---------------------------------------------------------------- replies
 
 
@@ -83,6 +93,14 @@ class JobStatus(Struct, kw_only=True):
     args: dict[str, str]
     status: str = "not_started"
     error: str = ""
+
+
+class ApprovalStatus(Struct, kw_only=True):
+    """One person's approval of a workflow (requireApproval): who, when (UTC ISO 8601), and why."""
+
+    by: str
+    at: str
+    comment: str = ""
 
 
 class BlockStatus(Struct, kw_only=True):
@@ -105,6 +123,10 @@ class StatusResp(Struct, kw_only=True):
     submitted_by: str = ""
     executed_by: str = ""
     cancelled_by: str = ""
+    # requireApproval: the approvals given (each person once) and how many distinct people it needs
+    # before exec (0: none needed); a denial makes the verdict `rejected`
+    approvals: list[ApprovalStatus] = []
+    approvals_needed: int = 0
     blocks: list[BlockStatus] = []
 
 
@@ -132,6 +154,8 @@ class StatusSummary(Struct, kw_only=True):
     submitted_by: str = ""
     executed_by: str = ""
     cancelled_by: str = ""
+    approvals: list[ApprovalStatus] = []
+    approvals_needed: int = 0
     jobs_omitted: bool = True
 
 
@@ -146,6 +170,7 @@ def summarise(status: StatusResp) -> StatusSummary:
         id=status.id, name=status.name, desc=status.desc, verdict=status.verdict, reason=status.reason,
         status=status.status, had_errors=status.had_errors, was_es_stopped=status.was_es_stopped,
         submitted_by=status.submitted_by, executed_by=status.executed_by, cancelled_by=status.cancelled_by,
+        approvals=status.approvals, approvals_needed=status.approvals_needed,
         blocks=[BlockSummary(desc=b.desc, status=b.status, has_error=b.has_error, job_counts=counts(b.jobs))
                 for b in status.blocks],
     )
@@ -197,7 +222,26 @@ class Submitted(_Event, tag="submitted"):
 
 
 class Approved(_Event, tag="approved"):
-    pass
+    """The policies passed. `approvals_needed` > 0 (the requireApproval policy): exec waits for that many
+    distinct people, none of them the submitter, of at least `approver_role`, to approve (0 and "" in
+    events older than these fields: no approval needed)."""
+
+    approvals_needed: int = 0
+    approver_role: str = ""
+
+
+class Approval(_Event, tag="approval"):
+    """A person approved the workflow (`wf.api.approve`); on `wf.evt.<id>.approval.<by>`, one per person."""
+
+    by: str
+    comment: str = ""
+
+
+class Denied(_Event, tag="denied"):
+    """A person denied the workflow (`wf.api.deny`): it ends rejected, never to be executed."""
+
+    by: str
+    comment: str
 
 
 class Rejected(_Event, tag="rejected"):
@@ -268,6 +312,8 @@ Event = (
     | Rejected
     | ExecRequested
     | CancelRequested
+    | Approval
+    | Denied
     | WorkflowStarted
     | WorkflowEnded
     | BlockStarted
@@ -297,6 +343,8 @@ def event_subject(ev: Event) -> str:
             return f"{base}.job.{ev.block}.{ev.job}.completed"
         case JobFailed():
             return f"{base}.job.{ev.block}.{ev.job}.failed"
+        case Approval():
+            return f"{base}.approval.{ev.by}"
         case _:
             return f"{base}.{ev.__struct_config__.tag}"
 
@@ -339,5 +387,6 @@ encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(Event)
 workreq_decoder = msgspec.json.Decoder(WorkReq)
 id_request_decoder = msgspec.json.Decoder(IdRequest)
+approval_request_decoder = msgspec.json.Decoder(ApprovalRequest)
 status_decoder = msgspec.json.Decoder(StatusResp)
 command_decoder = msgspec.json.Decoder(JobCommand)

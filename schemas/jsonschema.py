@@ -24,6 +24,7 @@ OUT_DIR = Path(__file__).resolve().parent / "json"
 TYPES: dict[str, Any] = {
     "WorkReq": s.WorkReq,
     "IdRequest": s.IdRequest,
+    "ApprovalRequest": s.ApprovalRequest,
     "SubmitReply": s.SubmitReply,
     "IdReply": s.IdReply,
     "StatusResp": s.StatusResp,
@@ -36,6 +37,7 @@ TYPES: dict[str, Any] = {
 TITLES = {
     "WorkReq": "A WorkReq: the body of wf.api.submit",
     "IdRequest": "The body of wf.api.exec, wf.api.status and wf.api.cancel",
+    "ApprovalRequest": "The body of wf.api.approve and wf.api.deny (deny: a non-empty comment)",
     "SubmitReply": "The success reply of wf.api.submit",
     "IdReply": "The success reply of wf.api.exec and wf.api.cancel",
     "StatusResp": "A workflow's status: the reply of wf.api.status and the value in KV wf_status",

@@ -31,6 +31,7 @@ from services.intake.es_gate import utc_now
 from services.inventory import InventoryError, load_inventory
 
 from . import auth, bench, client, users
+from . import ls as wf_ls
 from .erase import EraseRefused, erase_satellite_workreq
 from .failures import (
     NEEDS,
@@ -86,6 +87,8 @@ async def _connect(args: argparse.Namespace, role: str = "client", url: str | No
 # What to do about each of the contract's error replies (the message says the cause).
 ERROR_HINTS = {
     400: "change the request and send it again",
+    403: "ask a person the workflow's requireApproval policy allows (`wf status ID` shows who approved), or use "
+         "such a person's credential: WF_NATS_URL from their users/NAME.env",
     404: "check the id: `wf ls` lists recent workflows",
     409: "`wf status ID` shows where it is",
     412: "`wf status ID` shows its verdict; past the exec window, submit it again",
@@ -137,6 +140,32 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return await _id_command(args, client.cancel)
 
 
+async def cmd_approve(args: argparse.Namespace) -> int:
+    """`wf approve ID [--comment TEXT]` (the two-person rule): prints `ID approved (N of M approvals)`."""
+    nc = await _connect(args)
+    try:
+        reply = await client.approve(nc, args.id, args.comment)
+    except client.WfError as err:
+        return _fail(_error_text(err))
+    finally:
+        await nc.close()
+    print(f"{reply['id']} approved ({reply.get('approvals')} of {reply.get('approvals_needed')} approvals)")
+    return 0
+
+
+async def cmd_deny(args: argparse.Namespace) -> int:
+    """`wf deny ID --comment TEXT`: the workflow ends rejected."""
+    nc = await _connect(args)
+    try:
+        reply = await client.deny(nc, args.id, args.comment)
+    except client.WfError as err:
+        return _fail(_error_text(err))
+    finally:
+        await nc.close()
+    print(f"{reply['id']} denied")
+    return 0
+
+
 def _url_user(nc: Client) -> str:
     """The user name this connection authenticated with (`admin` when its URL names none)."""
     url = nc.connected_url
@@ -186,26 +215,45 @@ async def cmd_es(args: argparse.Namespace) -> int:
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:
-    """Recent workflows from the projection (KV `wf_status`), newest first: ids are time-ordered."""
+    """Workflows from the projection (KV `wf_status`), newest first (ids are time-ordered), filtered
+    (wf/ls.py; every filter given must hold)."""
+    try:
+        filters = ls_filters(args, time.time())
+    except ValueError as exc:
+        return _fail(f"{exc}; see `wf ls --help`")
+    if args.limit < 0:
+        return _fail("--limit cannot be negative; see `wf ls --help`")
     nc = await _connect(args)
     try:
-        kv = await nc.jetstream().key_value(STATUS_BUCKET)
         try:
-            ids = sorted(await kv.keys(), reverse=True)[: args.limit]
-        except nats.js.errors.NoKeysError:
-            ids = []
-        statuses = []
-        for wf_id in ids:
-            entry = await kv.get(wf_id)
-            if entry.value:
-                statuses.append(json.loads(entry.value))
+            values, _ = await wf_ls.find(nc.jetstream(), filters, args.limit)
+        except nats.js.errors.NotFoundError:  # no bucket yet: nothing submitted
+            values = []
     finally:
         await nc.close()
-    if args.json:
-        print(json.dumps(statuses))
+    if args.json:  # the stored JSON as it is: no decoding of what may be many large values
+        out = sys.stdout.buffer
+        out.write(b"[" + b",\n".join(values) + b"]\n")
+        out.flush()
         return 0
-    print(list_table(statuses))
+    print(list_table([json.loads(value) for value in values]))
     return 0
+
+
+def ls_filters(args: argparse.Namespace, now_s: float) -> wf_ls.Filters:
+    """`wf ls`'s flags as Filters (ValueError naming the flag that is wrong)."""
+    def split(values: list[str] | None) -> tuple[str, ...]:
+        return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+    try:
+        stuck_s = wf_ls.parse_duration(args.stuck) if args.stuck is not None else None
+    except ValueError as exc:
+        raise ValueError(f"--stuck: {exc}") from None
+    return wf_ls.Filters(
+        names=split(args.name), statuses=split(args.status), by=args.by,
+        since_s=wf_ls.parse_since(args.since, now_s) if args.since is not None else None,
+        paused=args.paused, retrying=args.retrying, stuck_s=stuck_s, awaiting_approval=args.awaiting_approval,
+    )
 
 
 def cmd_auth_export(args: argparse.Namespace) -> int:
@@ -507,14 +555,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the StatusResp JSON")
     p.set_defaults(func=cmd_status, is_async=True)
 
-    p = sub.add_parser("ls", help="recent workflows and their status, newest first")
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p = sub.add_parser("ls", help="recent workflows and their status, newest first; filters combine (all must hold)")
+    p.add_argument("--limit", type=int, default=20, help="how many at most, the newest (default 20)")
     p.add_argument("--json", action="store_true", help="a JSON list of StatusResp")
+    p.add_argument("--name", action="append", metavar="NAME", help="WorkReq name, or a glob (Erase*); repeat or comma-separate for any of several")
+    p.add_argument("--status", action="append", metavar="STATUS",
+                   help="not_started, running, paused, completed, failed; the verdict pending, approved, rejected; "
+                        "or cancelled (by someone: it ends failed)")
+    p.add_argument("--by", metavar="PERSON", help="submitted, executed, cancelled, paused or approved by this person")
+    p.add_argument("--since", metavar="WHEN", help="submitted since: a duration back from now (2h, 30m, 3d) or an ISO time (UTC unless it says)")
+    p.add_argument("--paused", action="store_true", help="paused workflows")
+    p.add_argument("--retrying", action="store_true", help="running, with a job whose last attempt failed and is being retried")
+    p.add_argument("--stuck", metavar="DURATION", help="running, with no event (no change to its status) for this long (30m, 2h)")
+    p.add_argument("--awaiting-approval", action="store_true", help="approved by policy, not executed, fewer approvals than it needs")
     p.set_defaults(func=cmd_ls, is_async=True)
 
     p = sub.add_parser("cancel", help="stop one workflow now (as an emergency stop would)")
     p.add_argument("id")
     p.set_defaults(func=cmd_cancel, is_async=True)
+
+    p = sub.add_parser("approve", help="approve a workflow its requireApproval policy holds (not your own)")
+    p.add_argument("id")
+    p.add_argument("--comment", default="", help="why, recorded with your approval")
+    p.set_defaults(func=cmd_approve, is_async=True)
+
+    p = sub.add_parser("deny", help="deny a workflow its requireApproval policy holds: it ends rejected")
+    p.add_argument("id")
+    p.add_argument("--comment", required=True, help="why (required), recorded with your denial")
+    p.set_defaults(func=cmd_deny, is_async=True)
 
     p = sub.add_parser("history", help="a workflow's timeline: every step, when, and who took it")
     p.add_argument("id")

@@ -125,3 +125,12 @@ async def status(nc: Client, wf_id: str, timeout_s: float = REQUEST_TIMEOUT_S) -
 
 async def cancel(nc: Client, wf_id: str) -> dict[str, Any]:
     return await call(nc, "wf.api.cancel", json.dumps({"id": wf_id}).encode())
+
+
+async def approve(nc: Client, wf_id: str, comment: str = "") -> dict[str, Any]:
+    """`wf.api.approve`: reply `{"id", "approvals", "approvals_needed"}`."""
+    return await call(nc, "wf.api.approve", json.dumps({"id": wf_id, "comment": comment}).encode())
+
+
+async def deny(nc: Client, wf_id: str, comment: str) -> dict[str, Any]:
+    return await call(nc, "wf.api.deny", json.dumps({"id": wf_id, "comment": comment}).encode())

@@ -1,8 +1,8 @@
 """`wf history ID [--json]`: a workflow's timeline, one line per event in WF_EVENTS, with who took each step.
 
-The people who act are recorded in the events themselves (`by` on `submitted`, `exec_requested` and
-`cancel_requested`: the user the NATS server authenticated, services/common/identity.py); every other
-step is taken by a service, named after the one that publishes it (docs/architecture.md, Events).
+The people who act are recorded in the events themselves (`by` on `submitted`, `exec_requested`,
+`cancel_requested`, `approval` and `denied`: the user the NATS server authenticated,
+services/common/identity.py); every other step is taken by a service, named after the one that publishes it (docs/architecture.md, Events).
 It reads with any credential that may read WF_EVENTS (the client's reads PEOPLE's view of it), through
 an ordered consumer from the workflow's first event up to the last one stored when it started.
 
@@ -97,7 +97,15 @@ def entry(ev: dict[str, Any], job_names: dict[tuple[int, int], str] | None = Non
             extra = {"block": block, "job": job, "name": name, "state": state, "attempt": attempt}
             if "error" in ev:
                 extra["error"] = ev["error"]
-        case "approved" | "exec_requested" | "cancel_requested" | "workflow.started":
+        case "approved":
+            needed = ev.get("approvals_needed") or 0
+            if needed:
+                detail = f"needs {needed} approvals ({ev.get('approver_role') or 'client'}s other than the submitter)"
+                extra = {"approvals_needed": needed, "approver_role": ev.get("approver_role", "")}
+        case "approval" | "denied":  # the two-person rule: who approved or denied, and why
+            comment = str(ev.get("comment") or "")
+            detail, extra = comment, {"comment": comment}
+        case "exec_requested" | "cancel_requested" | "workflow.started":
             pass
         case _:  # a kind of event this release does not know: its fields, as they are
             rest = {key: value for key, value in ev.items() if key not in _NOT_DETAIL}

@@ -47,6 +47,10 @@ def render(status: dict[str, Any]) -> str:
     lines = [head]
     if status.get("reason"):
         lines.append(f"  reason: {status['reason']}")
+    if status.get("approvals_needed") or status.get("approvals"):  # the two-person rule (requireApproval)
+        given = status.get("approvals") or []
+        who = ", ".join(f"{a['by']} at {a['at']}" + (f" ({a['comment']})" if a.get("comment") else "") for a in given)
+        lines.append(f"  approvals: {len(given)} of {status.get('approvals_needed', 0)} needed" + (f": {who}" if who else ""))
     if status.get("jobs_omitted"):
         lines.append("  (too many jobs to list in one message: counts only; each job's events are in WF_EVENTS)")
     for b, block in enumerate(status["blocks"]):

@@ -337,6 +337,9 @@ class System:
                 await views_nc.close()
             es_state = await seed_emergency_stops(await nc.jetstream().key_value(ES_BUCKET), self.opts.config_dir / "es.json")
             log.info("emergency_stops", **es_state)
+            people = users.roles(self.users)  # who may approve what (KV wf_people), from the registry
+            await users.sync_roles(nc.jetstream(), people)
+            log.info("people_roles_synced", people=len(people))
             for name in SERVICES:
                 count = self.count(name)
                 for n in range(1, count + 1):

@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -286,6 +287,61 @@ def listing(paths: Paths) -> list[dict[str, str]]:
             for name, record in sorted(load(paths).items())]
 
 
+# ---------------------------------------------------------------- roles in KV `wf_people`
+
+
+def roles(paths: Paths) -> dict[str, str]:
+    """name -> role, from the registry (the source of truth)."""
+    return {name: record.get("role", "client") for name, record in load(paths).items()}
+
+
+async def sync_roles(js, people: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Make KV `wf_people` (who may approve what: services/common/approvals.py) say exactly `people`."""
+    import nats.js.errors
+
+    from services.common.topology import PEOPLE_BUCKET
+
+    kv = await js.key_value(PEOPLE_BUCKET)
+    try:
+        stored = set(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        stored = set()
+    for name, role in sorted(people.items()):
+        try:
+            current = (await kv.get(name)).value
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            current = None
+        if current != role.encode():
+            await kv.put(name, role.encode())
+    for name in sorted(stored - set(people)):
+        await kv.delete(name)
+
+
+async def push_roles(paths: Paths) -> bool:
+    """After `wf user add/rm`: the registry's roles into the running system's `wf_people`, with the
+    admin's credential (`<data-dir>/admin.env`); False when no system runs here (`wf up` syncs at start)."""
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    url = read_env_url(paths.data_dir / "admin.env")
+    if url is None:
+        return False
+    try:
+        nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0,
+                                                 error_cb=_quiet, tls=_tls(url)), 5)
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    try:
+        await asyncio.wait_for(sync_roles(nc.jetstream(), roles(paths)), 10)
+        return True
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    finally:
+        await nc.close()
+
+
 # ---------------------------------------------------------------- `wf user`
 
 CHECK_WITHIN_S = 5.0
@@ -330,6 +386,15 @@ async def _until(url: str, connects: bool) -> bool:
         await asyncio.sleep(0.1)
 
 
+def _roles_synced(paths: Paths, running: bool) -> None:
+    """The roles approvers are ranked by (KV `wf_people`) follow the registry at once."""
+    import asyncio
+
+    if running and not asyncio.run(push_roles(paths)):
+        print(f"the running system's roles (KV wf_people) were not updated (no usable {paths.data_dir / 'admin.env'}); "
+              "`wf up` updates them when it starts", file=sys.stderr)
+
+
 def cmd_user(args) -> int:  # type: ignore[no-untyped-def]
     """`wf user add NAME --role R`, `wf user rm NAME`, `wf user ls [--json]`."""
     import asyncio
@@ -357,6 +422,7 @@ def cmd_user(args) -> int:  # type: ignore[no-untyped-def]
             elif not asyncio.run(_until(read_env_url(env) or "", connects=True)):
                 raise Failure(f"the server did not accept {args.name} within {CHECK_WITHIN_S:.0f} s",
                               "check `wf up`'s log for a configuration reload error")
+            _roles_synced(paths, reloaded)
             return 0
         env_url = read_env_url(paths.env(args.name))
         reloaded = remove(paths, args.name)
@@ -366,6 +432,7 @@ def cmd_user(args) -> int:  # type: ignore[no-untyped-def]
         elif env_url and not asyncio.run(_until(env_url, connects=False)):
             raise Failure(f"the server still accepts {args.name} after {CHECK_WITHIN_S:.0f} s",
                           "check `wf up`'s log for a configuration reload error")
+        _roles_synced(paths, reloaded)
         return 0
     except UserError as exc:
         raise Failure(str(exc), "see `wf user --help`") from None

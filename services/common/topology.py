@@ -37,6 +37,9 @@ WORKREQ_BUCKET = "wf_workreqs"
 UPLOADS_BUCKET = "wf_uploads"
 UPLOAD_TTL_S = 3600.0
 UPLOADS_MAX_BYTES = 1024**3  # all uploads in progress together; past it, a new part gets 503
+# person name -> role (client, operator, admin): written by `wf up` (from the registry, wf/users.py)
+# and `wf user add/rm`, read by wf-intake to rank approvers (services/common/approvals.py)
+PEOPLE_BUCKET = "wf_people"
 
 POLICY_CONSUMER = "policy"
 EXECUTOR_CONSUMER = "executor"
@@ -142,7 +145,7 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     for stream, consumers in consumer_configs().items():
         for consumer in consumers:
             await js.add_consumer(stream, consumer)
-    for bucket in (STATUS_BUCKET, ES_BUCKET, BUCKETS_BUCKET, CONFIG_BUCKET, LEASES_BUCKET):
+    for bucket in (STATUS_BUCKET, ES_BUCKET, BUCKETS_BUCKET, CONFIG_BUCKET, LEASES_BUCKET, PEOPLE_BUCKET):
         await js.create_key_value(bucket=bucket, history=1, direct=True, replicas=replicas)
     # keys expire a day after they were written: a retried submit maps to its workflow for 24 hours
     await js.create_key_value(bucket=IDEMPOTENCY_BUCKET, history=1, direct=True, replicas=replicas,

@@ -30,27 +30,50 @@ from nats.micro.request import Request
 
 from schemas import (
     DECODE_ERRORS,
+    Approval,
+    Approved,
     CancelRequested,
+    Denied,
     ExecRequested,
     IdReply,
     Rejected,
     SubmitReply,
     Submitted,
     WorkReq,
+    approval_request_decoder,
     encoder,
     event_decoder,
+    event_msg_id,
+    event_subject,
     is_token,
     workreq_decoder,
 )
-from services.common.bus import connect, kv_updates, last_event, publish_event, stored_verdict, wrong_last_sequence
+from services.common import approvals
+from services.common.bus import (
+    ACK_TIMEOUT_S,
+    MSG_ID,
+    connect,
+    kv_updates,
+    last_event,
+    publish_event,
+    stored_verdict,
+    wrong_last_sequence,
+)
 from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
 from services.common.es import EmergencyStops
-from services.common.identity import caller
-from services.common.ids import new_id
+from services.common.identity import Caller, caller
+from services.common.ids import is_valid_id, new_id
 from services.common.lifecycle import shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.strictjson import workreq_duplicate_key
-from services.common.topology import CONFIG_BUCKET, ES_BUCKET, IDEMPOTENCY_BUCKET, UPLOADS_BUCKET
+from services.common.strictjson import find_duplicate_key, workreq_duplicate_key
+from services.common.topology import (
+    CONFIG_BUCKET,
+    ES_BUCKET,
+    EVENTS_STREAM,
+    IDEMPOTENCY_BUCKET,
+    PEOPLE_BUCKET,
+    UPLOADS_BUCKET,
+)
 from services.common.workreqs import HEADROOM, fits, max_body, store
 from services.policy.config_watch import STATE_KEY as POLICY_STATE_KEY
 
@@ -209,10 +232,58 @@ class PolicyConfigState:
                 log.warning("bad_policy_state_ignored")
 
 
+class PeopleRoles:
+    """Each person's role, as KV `wf_people` says (written by `wf up` and `wf user`): who may approve
+    what (services/common/approvals.py). A person missing from it is a client; a request from inside
+    WF is an admin's."""
+
+    def __init__(self) -> None:
+        self.roles: dict[str, str] = {}
+        self.ready = asyncio.Event()
+
+    def role_of(self, who: Caller) -> str:
+        if not who.person:
+            return "admin"
+        return self.roles.get(who.name, approvals.DEFAULT_ROLE)
+
+    async def follow(self, kv: KeyValue, stop: asyncio.Event) -> None:
+        async for entry in kv_updates(kv, stop):
+            if entry is None:
+                self.ready.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.roles.pop(entry.key, None)
+            else:
+                self.roles[entry.key] = entry.value.decode(errors="replace").strip()
+
+
+MAX_APPROVAL_EVENTS = 1000  # approvals read per workflow at most (each person once; far above any need)
+
+
+def decode_approval(data: bytes, deny: bool) -> tuple[str, str]:
+    """(id, comment) of an `{"id": ID, "comment": "..."}` request; 400 for a bad body, 404 for what
+    cannot be an id. A denial needs a comment."""
+    shape = '{"id": ID, "comment": "why"}'
+    try:
+        body = approval_request_decoder.decode(data)
+    except DECODE_ERRORS as exc:
+        raise ApiError(400, f"request must be JSON {shape}: {exc}") from None
+    duplicate = find_duplicate_key(data)
+    if duplicate:
+        raise ApiError(400, f"request must be JSON {shape}: {duplicate}")
+    if not is_valid_id(body.id):
+        raise ApiError(404, f"unknown id {body.id!r}")
+    comment = " ".join(body.comment.split())
+    if deny and not comment:
+        raise ApiError(400, "a denial needs a comment saying why: {\"id\": ID, \"comment\": \"why\"}")
+    return body.id, comment
+
+
 class Intake:
     def __init__(
         self, nc: Client, settings: Settings, waiters: VerdictWaiters, policy_state: PolicyConfigState,
         es: EmergencyStops, limits: Limits, idempotency: Idempotency, uploads: Uploads,
+        people: PeopleRoles | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -223,6 +294,7 @@ class Intake:
         self.policy_state = policy_state
         self.es = es
         self.limits = limits
+        self.people = people or PeopleRoles()
 
     def _check_not_stopped(self, workreq: str) -> None:
         if not self.es.is_go(workreq):
@@ -320,14 +392,26 @@ class Intake:
     async def exec(self, request: Request) -> bytes:
         wf_id = decode_id(request.data)
         structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        needs_approval = False
         try:
-            await self._check_executable(wf_id)
-            await publish_event(
-                self.js,
-                ExecRequested(id=wf_id, at=time.time(), by=caller(request.headers).name),
-                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
-            )
+            needs_approval = await self._check_executable(wf_id)
+            ev = ExecRequested(id=wf_id, at=time.time(), by=caller(request.headers).name)
+            if not needs_approval:
+                await publish_event(self.js, ev, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            else:
+                # Under requireApproval JetStream refuses the exec once a denial is stored (and the
+                # denial once an exec is: never both). One exec: its Nats-Msg-Id makes a concurrent
+                # second one a duplicate, refused here; a later one meets the check above.
+                headers = {"Nats-Expected-Last-Subject-Sequence": "0",
+                           "Nats-Expected-Last-Subject-Sequence-Subject": f"wf.evt.{wf_id}.denied",
+                           MSG_ID: event_msg_id(ev)}
+                ack = await self.js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S,
+                                            headers=headers)
+                if ack.duplicate:
+                    raise ApiError(409, f"workflow {wf_id} is already executing or executed")
         except nats.js.errors.APIError as exc:
+            if wrong_last_sequence(exc) and needs_approval:
+                raise ApiError(412, f"workflow {wf_id} was denied") from None
             if wrong_last_sequence(exc):
                 raise ApiError(409, f"workflow {wf_id} is already executing or executed") from None
             raise ApiError(503, f"could not record the exec request: {exc.description}") from None
@@ -343,14 +427,16 @@ class Intake:
         assert isinstance(ev, Submitted)
         return ev
 
-    async def _check_executable(self, wf_id: str) -> None:
+    async def _check_executable(self, wf_id: str) -> bool:
+        """Whether exec may go ahead (else ApiError); True when it needed approvals (requireApproval)."""
         submitted = await self._submission(wf_id)
         if await last_event(self.js, f"wf.evt.{wf_id}.exec_requested") is not None:
             raise ApiError(409, f"workflow {wf_id} is already executing or executed")
         if await last_event(self.js, f"wf.evt.{wf_id}.cancel_requested") is not None:
             raise ApiError(409, f"workflow {wf_id} was cancelled")
         self._check_not_stopped(submitted.workreq_name)
-        if await last_event(self.js, f"wf.evt.{wf_id}.approved") is None:
+        approved_msg = await last_event(self.js, f"wf.evt.{wf_id}.approved")
+        if approved_msg is None:
             rejected = await last_event(self.js, f"wf.evt.{wf_id}.rejected")
             if rejected is not None:
                 reason = event_decoder.decode(rejected.data).reason  # type: ignore[union-attr]
@@ -361,6 +447,136 @@ class Intake:
             raise ApiError(
                 412, f"workflow {wf_id} was submitted {age_s:.0f} s ago, past the exec window of {self.settings.exec_window_s:.0f} s"
             )
+        approved = event_decoder.decode(approved_msg.data)
+        if isinstance(approved, Approved) and approved.approvals_needed > 0:
+            # only such a workflow can be denied: an exec of any other costs no look-up more
+            denied = await self._denial(wf_id)
+            if denied is not None:
+                raise ApiError(412, f"workflow {wf_id} was denied by {denied.by}: {denied.comment}")
+            requirement = approvals.Requirement(approved.approvals_needed, approved.approver_role)
+            have = len(await self._counted_approvals(wf_id, submitted))
+            if have < requirement.approvers:
+                raise ApiError(412, approvals.missing_message(wf_id, have, requirement.approvers, requirement))
+            return True
+        return False
+
+    # ------------------------------------------------------------ the two-person rule (requireApproval)
+
+    async def _denial(self, wf_id: str) -> Denied | None:
+        msg = await last_event(self.js, f"wf.evt.{wf_id}.denied")
+        if msg is None:
+            return None
+        ev = event_decoder.decode(msg.data)
+        return ev if isinstance(ev, Denied) else None
+
+    async def _approvals(self, wf_id: str, after_seq: int) -> list[approvals.GivenApproval]:
+        """Every approval event of a workflow (stored after its submission), in stream order."""
+        found: list[approvals.GivenApproval] = []
+        seq = after_seq + 1
+        for _ in range(MAX_APPROVAL_EVENTS):
+            try:
+                msg = await self.js.get_msg(EVENTS_STREAM, seq=seq, subject=f"wf.evt.{wf_id}.approval.*",
+                                            direct=True, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            ev = event_decoder.decode(msg.data or b"")
+            if isinstance(ev, Approval):
+                found.append(approvals.GivenApproval(ev.by, ev.at, ev.comment))
+            seq = msg.seq + 1
+        return found
+
+    async def _counted_approvals(self, wf_id: str, submitted: Submitted) -> list[approvals.GivenApproval]:
+        submitted_msg = await last_event(self.js, f"wf.evt.{wf_id}.submitted")
+        after = submitted_msg.seq if submitted_msg is not None and submitted_msg.seq else 0
+        return approvals.counted(await self._approvals(wf_id, after), submitted.by, time.time(),
+                                 self.settings.exec_window_s)
+
+    async def _awaiting_approval(self, wf_id: str, what: str) -> tuple[Submitted, Approved]:
+        """The submission and verdict of a workflow that waits for approvals; 404 unknown, 409 when
+        there is nothing to approve or deny (no approval needed, not approved, denied, executing,
+        executed, cancelled)."""
+        submitted = await self._submission(wf_id)
+        if await self._denial(wf_id) is not None:
+            raise ApiError(409, f"workflow {wf_id} was denied; nothing to {what}")
+        if await last_event(self.js, f"wf.evt.{wf_id}.exec_requested") is not None:
+            raise ApiError(409, f"workflow {wf_id} is already executing or executed; nothing to {what}")
+        if await last_event(self.js, f"wf.evt.{wf_id}.cancel_requested") is not None:
+            raise ApiError(409, f"workflow {wf_id} was cancelled; nothing to {what}")
+        approved_msg = await last_event(self.js, f"wf.evt.{wf_id}.approved")
+        if approved_msg is None:
+            rejected = await last_event(self.js, f"wf.evt.{wf_id}.rejected")
+            state = "was rejected" if rejected is not None else "is not approved by the policies yet (verdict pending)"
+            raise ApiError(409, f"workflow {wf_id} {state}; nothing to {what}")
+        approved = event_decoder.decode(approved_msg.data)
+        if not isinstance(approved, Approved) or approved.approvals_needed <= 0:
+            raise ApiError(409, f"workflow {wf_id} needs no approval (no requireApproval policy for its name); "
+                                f"nothing to {what}")
+        return submitted, approved
+
+    def _check_approver(self, wf_id: str, who: Caller, submitted: Submitted, approved: Approved, what: str) -> None:
+        """403 unless the caller may approve (or deny) this workflow."""
+        requirement = approvals.Requirement(approved.approvals_needed, approved.approver_role)
+        if not is_token(who.name) or len(who.name) > 64:
+            raise ApiError(403, f"an unidentified caller ({who.name}) may not {what} workflow {wf_id}")
+        if what == "approve" and who.name == submitted.by:
+            raise ApiError(403, f"you ({who.name}) submitted workflow {wf_id} and may not approve it yourself "
+                                f"(requireApproval: {requirement.describe()}); ask another person")
+        role = self.people.role_of(who)
+        if not approvals.may_approve(role, requirement.role) and not (what == "deny" and who.name == submitted.by):
+            raise ApiError(403, f"you ({who.name}) are a {role}; to {what} workflow {wf_id} takes the role "
+                                f"{requirement.role} or above (requireApproval: {requirement.describe()}): "
+                                f"use the credential of a person with that role")
+
+    async def approve(self, request: Request) -> bytes:
+        """`wf.api.approve` `{"id", "comment"}`: the caller's approval, an event of its own."""
+        wf_id, comment = decode_approval(request.data, deny=False)
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        who = caller(request.headers)
+        try:
+            submitted, approved = await self._awaiting_approval(wf_id, "approve")
+            self._check_approver(wf_id, who, submitted, approved, "approve")
+            subject = f"wf.evt.{wf_id}.approval.{who.name}"
+            previous = await last_event(self.js, subject)
+            if previous is not None:
+                earlier = event_decoder.decode(previous.data)
+                if time.time() - earlier.at <= self.settings.exec_window_s:
+                    raise ApiError(409, f"you ({who.name}) already approved workflow {wf_id}; an approval counts once "
+                                        "per person")
+            # one approval per person: a concurrent second one finds this subject taken (409)
+            expected = {"Nats-Expected-Last-Subject-Sequence": str(previous.seq if previous is not None else 0)}
+            await publish_event(self.js, Approval(id=wf_id, at=time.time(), by=who.name, comment=comment),
+                                headers=expected)
+            have = len(await self._counted_approvals(wf_id, submitted))
+        except nats.js.errors.APIError as exc:
+            if wrong_last_sequence(exc):
+                raise ApiError(409, f"you ({who.name}) already approved workflow {wf_id}") from None
+            raise ApiError(503, f"could not record the approval: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ApiError(503, f"could not record the approval: {exc!r}") from None
+        log.info("workflow_approved_by", by=who.name, approvals=have, approvals_needed=approved.approvals_needed)
+        return encoder.encode({"id": wf_id, "approvals": have, "approvals_needed": approved.approvals_needed})
+
+    async def deny(self, request: Request) -> bytes:
+        """`wf.api.deny` `{"id", "comment"}`: the workflow ends rejected, never to run."""
+        wf_id, comment = decode_approval(request.data, deny=True)
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        who = caller(request.headers)
+        try:
+            submitted, approved = await self._awaiting_approval(wf_id, "deny")
+            self._check_approver(wf_id, who, submitted, approved, "deny")
+            # refused by JetStream once an exec is stored: a workflow is never both denied and executed
+            headers = {"Nats-Expected-Last-Subject-Sequence": "0",
+                       "Nats-Expected-Last-Subject-Sequence-Subject": f"wf.evt.{wf_id}.exec_requested"}
+            await publish_event(self.js, Denied(id=wf_id, at=time.time(), by=who.name, comment=comment),
+                                headers=headers)
+        except nats.js.errors.APIError as exc:
+            if wrong_last_sequence(exc):
+                raise ApiError(409, f"workflow {wf_id} is already executing or executed; nothing to deny") from None
+            raise ApiError(503, f"could not record the denial: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ApiError(503, f"could not record the denial: {exc!r}") from None
+        log.info("workflow_denied_by", by=who.name)
+        return encoder.encode(IdReply(id=wf_id))
 
 
     async def cancel(self, request: Request) -> bytes:
@@ -393,8 +609,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await EsGate(nc).subscribe()  # people's emergency-stop writes, recorded with who made them
     idem_kv = await when_ready(lambda: js.key_value(IDEMPOTENCY_BUCKET), stop, what=IDEMPOTENCY_BUCKET)
     uploads = Uploads(await when_ready(lambda: js.key_value(UPLOADS_BUCKET), stop, what=UPLOADS_BUCKET), nc)
+    people = PeopleRoles()
+    people_kv = await when_ready(lambda: js.key_value(PEOPLE_BUCKET), stop, what=PEOPLE_BUCKET)
+    people_task = asyncio.create_task(people.follow(people_kv, stop))
+    try:
+        await asyncio.wait_for(people.ready.wait(), 10)
+    except TimeoutError:
+        log.warning("people_roles_not_loaded", bucket=PEOPLE_BUCKET)  # until then, every person counts as a client
     intake = Intake(nc, settings, waiters, policy_state, es, Limits.from_env(dict(os.environ)), Idempotency(idem_kv),
-                    uploads)
+                    uploads, people)
     # its STATS report the emergency stops it enforces: what `wf es show` prints
     service = await start_micro(nc, "wf-intake", VERSION, "takes WorkReqs and exec requests",
                                 stats_handler=lambda endpoint: es.stats_data(endpoint.name))
@@ -403,12 +626,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         ConcurrentEndpoint("exec", intake.exec, settings.max_in_flight),
         ConcurrentEndpoint("cancel", intake.cancel, settings.max_in_flight),
         ConcurrentEndpoint("upload", uploads.put, settings.max_in_flight),
+        ConcurrentEndpoint("approve", intake.approve, settings.max_in_flight),
+        ConcurrentEndpoint("deny", intake.deny, settings.max_in_flight),
     ]
     for ep in endpoints:
         await ep.register(service, f"wf.api.{ep.name}")
     await stop.wait()
     await follow_task
     await es_task
+    await people_task
     await service.stop()
     for ep in endpoints:
         await ep.drain()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from schemas import WorkReq, encoder, workreq_decoder
+from services.common.approvals import NONE, Requirement, combine
 from services.jobs import ArgError, JobRegistry
 
 from .registry import NamedCheck, PolicyConfig, PolicyViolation
@@ -56,3 +57,10 @@ async def decide(req: WorkReq, jobs: JobRegistry, config: PolicyConfig) -> str |
     else:
         results = await asyncio.gather(*(asyncio.to_thread(_run_check, named, req_json) for named in checks))
     return next((reason for reason in results if reason is not None), None)
+
+
+def approval_requirement(workreq_name: str, config: PolicyConfig) -> Requirement:
+    """What the requireApproval policies of a WorkReq name ask before exec (NONE: nothing)."""
+    checks = config.by_name.get(workreq_name, ())
+    found = [getattr(named.check, "requirement", None) for named in checks]
+    return combine(r for r in found if isinstance(r, Requirement)) if any(found) else NONE

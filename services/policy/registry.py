@@ -124,10 +124,11 @@ def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) 
 
 
 def builtin_policies() -> list[Policy]:
-    from .policies import max_failures, restrict_job_types, same_args, start_or_end
+    from .policies import max_failures, require_approval, restrict_job_types, same_args, start_or_end
 
     return [
         max_failures.MaxFailures(),
+        require_approval.RequireApproval(),
         restrict_job_types.RestrictJobTypes(),
         same_args.SameArgs(),
         start_or_end.StartOrEnd(),

@@ -28,7 +28,7 @@ from services.common.topology import CONFIG_BUCKET, EVENTS_STREAM, POLICY_CONSUM
 from services.jobs import JobRegistry
 
 from .config_watch import PolicyConfigWatcher
-from .decide import decide
+from .decide import approval_requirement, decide
 from .registry import load_policies
 
 log = structlog.get_logger()
@@ -67,7 +67,12 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
             reason = await decide(await workreqs.load(js, ev), jobs, config)
         except workreqs.StoredReqMissing as exc:
             reason = str(exc)
-        verdict = Approved(id=ev.id, at=time.time()) if reason is None else Rejected(id=ev.id, at=time.time(), reason=reason)
+        if reason is None:
+            needs = approval_requirement(ev.workreq_name, config)  # requireApproval: exec waits for people
+            verdict: Approved | Rejected = Approved(id=ev.id, at=time.time(), approvals_needed=needs.approvers,
+                                                    approver_role=needs.role)
+        else:
+            verdict = Rejected(id=ev.id, at=time.time(), reason=reason)
         try:
             await publish_event(js, verdict, headers=never_both(verdict))
         except nats.js.errors.APIError as exc:

@@ -6,12 +6,17 @@ that applying them once in order would not."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from schemas import (
+    Approval,
+    ApprovalStatus,
     Approved,
     BlockEnded,
     BlockStarted,
     BlockStatus,
     CancelRequested,
+    Denied,
     Event,
     ExecRequested,
     JobCompleted,
@@ -60,9 +65,18 @@ def apply(status: StatusResp, ev: Event) -> bool:
     """Apply one event in place; True when the StatusResp changed."""
     before = _fingerprint(status, ev)
     match ev:
-        case Approved() | Rejected() if status.verdict == "pending":
-            status.verdict = "approved" if isinstance(ev, Approved) else "rejected"
-            status.reason = ev.reason if isinstance(ev, Rejected) else ""
+        case Approved() | Rejected():
+            if status.verdict == "pending":
+                status.verdict = "approved" if isinstance(ev, Approved) else "rejected"
+                status.reason = ev.reason if isinstance(ev, Rejected) else ""
+            if isinstance(ev, Approved):  # even after a denial folded first
+                status.approvals_needed = ev.approvals_needed
+        # the two-person rule: a denial ends it rejected (whatever the policies said); approvals, one per person
+        case Denied() if status.verdict != "rejected":
+            status.verdict = "rejected"
+            status.reason = f"denied by {ev.by}: {ev.comment}"
+        case Approval():
+            _apply_approval(status, ev)
         # who: the first to ask is the one recorded (a cancel may be asked more than once)
         case Submitted() if not status.submitted_by:
             status.submitted_by = ev.by
@@ -86,6 +100,23 @@ def apply(status: StatusResp, ev: Event) -> bool:
         case JobStarted() | JobCompleted() | JobFailed():
             _apply_job(status, ev)
     return _fingerprint(status, ev) != before
+
+
+def iso_ms(at: float) -> str:
+    """Unix seconds as UTC ISO 8601 with milliseconds: 2024-05-01T12:00:00.123Z."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _apply_approval(status: StatusResp, ev: Approval) -> None:
+    """One entry per person, their latest approval (a person may approve again once theirs expired)."""
+    entry = ApprovalStatus(by=ev.by, at=iso_ms(ev.at), comment=ev.comment)
+    for i, given in enumerate(status.approvals):
+        if given.by == ev.by:
+            if entry.at > given.at:
+                status.approvals[i] = entry
+            return
+    status.approvals.append(entry)
+    status.approvals.sort(key=lambda a: a.at)
 
 
 def _apply_job(status: StatusResp, ev: JobStarted | JobCompleted | JobFailed) -> None:
@@ -112,7 +143,8 @@ def _apply_job(status: StatusResp, ev: JobStarted | JobCompleted | JobFailed) ->
 def _fingerprint(status: StatusResp, ev: Event) -> tuple[object, ...]:
     """The parts of the StatusResp one event can touch."""
     head = (status.verdict, status.reason, status.status, status.had_errors, status.was_es_stopped,
-            status.submitted_by, status.executed_by, status.cancelled_by)
+            status.submitted_by, status.executed_by, status.cancelled_by, status.approvals_needed,
+            tuple((a.by, a.at, a.comment) for a in status.approvals))
     block_idx = getattr(ev, "block", None)
     if block_idx is None or not 0 <= block_idx < len(status.blocks):
         return head

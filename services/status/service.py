@@ -96,7 +96,8 @@ class Entry:
 
 
 def _head(status: StatusResp) -> tuple[str, ...]:
-    return (status.verdict, status.status, status.reason, status.executed_by, status.cancelled_by)
+    return (status.verdict, status.status, status.reason, status.executed_by, status.cancelled_by,
+            str(len(status.approvals)))  # an approval is written at once: exec may wait for it
 
 
 class Projection:

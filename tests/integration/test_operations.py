@@ -45,7 +45,8 @@ async def test_every_name_the_recipes_use_exists(nc):
     assert services == {"wf-intake", "wf-policy", "wf-executor", "wf-status", "wf-jobrunner"}
     assert services <= set(await ping_services(nc, wait_s=1.0))
     for subject in re.findall(r"nats req (wf\.api\.\w+)", text):
-        assert subject in {"wf.api.submit", "wf.api.exec", "wf.api.status", "wf.api.cancel"}
+        assert subject in {"wf.api.submit", "wf.api.exec", "wf.api.status", "wf.api.cancel", "wf.api.approve",
+                           "wf.api.deny"}
 
 
 async def run_one(nc) -> str:
@@ -195,10 +196,26 @@ async def _no_lease(leases, wf_id):
     return not entry.value
 
 
+async def test_recipe_two_person_rule(nc):
+    """The endpoints answer as the recipe says (this system's policies ask no approval: 409 naming it);
+    the whole rule, with requireApproval configured, is tests/integration/test_approval.py."""
+    wf_id = (await client.submit(nc, SLEEP))["id"]
+    for subject in ("wf.api.approve", "wf.api.deny"):
+        msg = await nc.request(subject, json.dumps({"id": wf_id, "comment": "checked the site"}).encode(), timeout=5)
+        assert msg.headers["Nats-Service-Error-Code"] == "409", msg.data
+        assert "needs no approval" in json.loads(msg.data)["error"]["message"]
+    kv = await nc.jetstream().key_value("wf_people")
+    assert (await kv.get("operator")).value == b"operator"
+    await client.execute(nc, wf_id)
+    sub = await nc.subscribe(f"wf.evt.{wf_id}.approval.>")  # the recipe's subject is a valid filter
+    await sub.unsubscribe()
+
+
 async def test_recipe_services(nc):
     assert await ping_services(nc, wait_s=1.0) == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     info = json.loads((await nc.request("$SRV.INFO.wf-intake", b"", timeout=2)).data)
-    assert info["version"] and {e["subject"] for e in info["endpoints"]} == {"wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload"}
+    assert info["version"] and {e["subject"] for e in info["endpoints"]} == {
+        "wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.api.approve", "wf.api.deny"}
     await client.submit(nc, SLEEP)
     stats = json.loads((await nc.request("$SRV.STATS.wf-intake", b"", timeout=2)).data)
     submit = next(e for e in stats["endpoints"] if e["name"] == "submit")

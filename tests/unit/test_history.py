@@ -109,8 +109,8 @@ def test_text_lines_are_columns_and_an_unrecorded_actor_is_a_dash():
 
 
 def test_an_event_of_an_unknown_kind_still_shows_with_its_fields():
-    item = entry({"type": "approval", "id": "W", "at": T0, "by": "dana", "comment": "looks fine"})
-    assert (item["step"], item["actor"], item["detail"]) == ("approval", "dana", '{"comment":"looks fine"}')
+    item = entry({"type": "escalated", "id": "W", "at": T0, "by": "dana", "comment": "looks fine"})
+    assert (item["step"], item["actor"], item["detail"]) == ("escalated", "dana", '{"comment":"looks fine"}')
     assert entry({"type": "paused", "id": "W", "at": "not a number"})["at"] == ""
 
 
@@ -138,3 +138,14 @@ def test_the_command_is_registered():
 
     args = build_parser().parse_args(["history", "01HX", "--json"])
     assert (args.command, args.id, args.json, args.is_async) == ("history", "01HX", True, True)
+
+
+def test_approvals_and_denials_show_who_and_why():
+    """The two-person rule's steps: the approver or denier is the actor, their comment the detail."""
+    approved = entry({"type": "approved", "id": "W", "at": T0, "approvals_needed": 2, "approver_role": "operator"})
+    assert (approved["actor"], approved["detail"]) == ("wf-policy", "needs 2 approvals (operators other than the submitter)")
+    assert entry({"type": "approved", "id": "W", "at": T0})["detail"] == ""  # old events: no approval needed
+    approval = entry({"type": "approval", "id": "W", "at": T0, "by": "dana", "comment": "looks fine"})
+    assert (approval["step"], approval["actor"], approval["detail"]) == ("approval", "dana", "looks fine")
+    denied = entry({"type": "denied", "id": "W", "at": T0, "by": "erin", "comment": "wrong  site"})
+    assert (denied["step"], denied["actor"], denied["detail"]) == ("denied", "erin", "wrong site")
