@@ -60,7 +60,7 @@ class WorkReq(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class IdRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Body of `wf.api.exec`, `wf.api.status` and `wf.api.cancel`."""
+    """Body of `wf.api.exec`, `wf.api.status`, `wf.api.cancel`, `wf.api.pause` and `wf.api.resume`."""
 
     id: str
 
@@ -127,6 +127,11 @@ class StatusResp(Struct, kw_only=True):
     # before exec (0: none needed); a denial makes the verdict `rejected`
     approvals: list[ApprovalStatus] = []
     approvals_needed: int = 0
+    # pause and resume (`wf.api.pause` / `wf.api.resume`): who paused it while its status is `paused`
+    # ("" otherwise); `pauses` and `resumes` count the requests (paused while pauses > resumes)
+    paused_by: str = ""
+    pauses: int = 0
+    resumes: int = 0
     blocks: list[BlockStatus] = []
 
 
@@ -156,6 +161,9 @@ class StatusSummary(Struct, kw_only=True):
     cancelled_by: str = ""
     approvals: list[ApprovalStatus] = []
     approvals_needed: int = 0
+    paused_by: str = ""
+    pauses: int = 0
+    resumes: int = 0
     jobs_omitted: bool = True
 
 
@@ -171,6 +179,7 @@ def summarise(status: StatusResp) -> StatusSummary:
         status=status.status, had_errors=status.had_errors, was_es_stopped=status.was_es_stopped,
         submitted_by=status.submitted_by, executed_by=status.executed_by, cancelled_by=status.cancelled_by,
         approvals=status.approvals, approvals_needed=status.approvals_needed,
+        paused_by=status.paused_by, pauses=status.pauses, resumes=status.resumes,
         blocks=[BlockSummary(desc=b.desc, status=b.status, has_error=b.has_error, job_counts=counts(b.jobs))
                 for b in status.blocks],
     )
@@ -258,6 +267,22 @@ class CancelRequested(_Event, tag="cancel_requested"):
     by: str = ""  # who asked (services/common/identity.py); "" in events older than this field
 
 
+class Paused(_Event, tag="paused"):
+    """`wf.api.pause`: dispatch nothing new for this workflow until it is resumed; its running jobs
+    finish. `n` numbers the workflow's pauses (1, 2, ...): paused while the highest `n` paused is above
+    the highest resumed, whatever order the events are read in."""
+
+    n: int
+    by: str = ""
+
+
+class Resumed(_Event, tag="resumed"):
+    """`wf.api.resume`: ends pause number `n`; dispatch goes on where it stopped."""
+
+    n: int
+    by: str = ""
+
+
 class WorkflowStarted(_Event, tag="workflow.started"):
     pass
 
@@ -312,6 +337,8 @@ Event = (
     | Rejected
     | ExecRequested
     | CancelRequested
+    | Paused
+    | Resumed
     | Approval
     | Denied
     | WorkflowStarted
@@ -357,6 +384,8 @@ def event_msg_id(ev: Event) -> str:
     subject = event_subject(ev)
     if isinstance(ev, JobStarted) or (isinstance(ev, JobFailed) and ev.retrying):
         return f"{subject}.{ev.attempt}"
+    if isinstance(ev, Paused | Resumed):  # pause, resume, pause again: each its own message
+        return f"{subject}.{ev.n}"
     return subject
 
 

@@ -36,7 +36,7 @@ TYPES: dict[str, Any] = {
 
 TITLES = {
     "WorkReq": "A WorkReq: the body of wf.api.submit",
-    "IdRequest": "The body of wf.api.exec, wf.api.status and wf.api.cancel",
+    "IdRequest": "The body of wf.api.exec, wf.api.status, wf.api.cancel, wf.api.pause and wf.api.resume",
     "ApprovalRequest": "The body of wf.api.approve and wf.api.deny (deny: a non-empty comment)",
     "SubmitReply": "The success reply of wf.api.submit",
     "IdReply": "The success reply of wf.api.exec and wf.api.cancel",

@@ -140,6 +140,16 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return await _id_command(args, client.cancel)
 
 
+async def cmd_pause(args: argparse.Namespace) -> int:
+    """`wf pause ID`: nothing new dispatched for the workflow; its running jobs finish."""
+    return await _id_command(args, client.pause)
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    """`wf resume ID`: dispatch goes on from where it stopped."""
+    return await _id_command(args, client.resume)
+
+
 async def cmd_approve(args: argparse.Namespace) -> int:
     """`wf approve ID [--comment TEXT]` (the two-person rule): prints `ID approved (N of M approvals)`."""
     nc = await _connect(args)
@@ -173,7 +183,7 @@ def _url_user(nc: Client) -> str:
 
 
 async def cmd_es(args: argparse.Namespace) -> int:
-    """Emergency stops in KV `wf_es` (operator role): `stop NAME`, `go NAME`, `show`."""
+    """Emergency stops in KV `wf_es` (operator role): `stop NAME`, `pause NAME`, `go NAME`, `show`."""
     nc = await _connect(args, role="operator")
     try:
         try:
@@ -182,7 +192,7 @@ async def cmd_es(args: argparse.Namespace) -> int:
             # what a credential without the operator's rights may see instead of a permissions violation
             raise Failure(f"the emergency-stop bucket {ES_BUCKET} is out of this credential's reach ({type(exc).__name__})",
                           f"{NEEDS['operator']}: {credential_hint('operator', Path(args.data_dir))}") from exc
-        if args.action in ("stop", "go"):
+        if args.action in ("stop", "go", "pause"):
             if not args.name:
                 return _fail(f"wf es {args.action} needs a WorkReq name")
             # to the bucket's subject, as `kv.put` would, with who and why: a person's write passes
@@ -202,7 +212,7 @@ async def cmd_es(args: argparse.Namespace) -> int:
             print("(no wf-intake answered: read from KV wf_es)", file=sys.stderr)
         changes = await emergency_stop_changes(nc)
         for key, value in sorted(values.items()):
-            line = f"{key} {value}" if value in ("go", "stop") else f"{key} stop (value {value!r})"
+            line = f"{key} {value}" if value in ("go", "pause", "stop") else f"{key} stop (value {value!r})"
             change = changes.get(key)
             if change:
                 why = f": {change['why']}" if change["why"] else ""
@@ -574,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(func=cmd_cancel, is_async=True)
 
+    p = sub.add_parser("pause", help="pause one workflow: nothing new dispatched, running jobs finish (wf resume)")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_pause, is_async=True)
+
+    p = sub.add_parser("resume", help="resume a paused workflow from where it stopped")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_resume, is_async=True)
+
     p = sub.add_parser("approve", help="approve a workflow its requireApproval policy holds (not your own)")
     p.add_argument("id")
     p.add_argument("--comment", default="", help="why, recorded with your approval")
@@ -589,8 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=lambda a: run_history(a, _connect), is_async=True)
 
-    p = sub.add_parser("es", help="emergency stops: `wf es stop NAME`, `wf es go NAME`, `wf es show`")
-    p.add_argument("action", choices=["stop", "go", "show"])
+    p = sub.add_parser("es", help="emergency stops: `wf es stop NAME`, `wf es pause NAME`, `wf es go NAME`, `wf es show`")
+    p.add_argument("action", choices=["stop", "pause", "go", "show"])
     p.add_argument("name", nargs="?")
     p.add_argument("--why", default="", help="the reason, recorded with who made the change (`wf es show`)")
     p.set_defaults(func=cmd_es, is_async=True)

@@ -134,3 +134,12 @@ async def approve(nc: Client, wf_id: str, comment: str = "") -> dict[str, Any]:
 
 async def deny(nc: Client, wf_id: str, comment: str) -> dict[str, Any]:
     return await call(nc, "wf.api.deny", json.dumps({"id": wf_id, "comment": comment}).encode())
+
+
+async def pause(nc: Client, wf_id: str) -> dict[str, Any]:
+    """`wf.api.pause`: nothing new dispatched for the workflow until `resume`; running jobs finish."""
+    return await call(nc, "wf.api.pause", json.dumps({"id": wf_id}).encode())
+
+
+async def resume(nc: Client, wf_id: str) -> dict[str, Any]:
+    return await call(nc, "wf.api.resume", json.dumps({"id": wf_id}).encode())

@@ -1,7 +1,7 @@
 """`wf history ID [--json]`: a workflow's timeline, one line per event in WF_EVENTS, with who took each step.
 
 The people who act are recorded in the events themselves (`by` on `submitted`, `exec_requested`,
-`cancel_requested`, `approval` and `denied`: the user the NATS server authenticated,
+`cancel_requested`, `approval`, `denied`, `paused` and `resumed`: the user the NATS server authenticated,
 services/common/identity.py); every other step is taken by a service, named after the one that publishes it (docs/architecture.md, Events).
 It reads with any credential that may read WF_EVENTS (the client's reads PEOPLE's view of it), through
 an ordered consumer from the workflow's first event up to the last one stored when it started.
@@ -105,6 +105,10 @@ def entry(ev: dict[str, Any], job_names: dict[tuple[int, int], str] | None = Non
         case "approval" | "denied":  # the two-person rule: who approved or denied, and why
             comment = str(ev.get("comment") or "")
             detail, extra = comment, {"comment": comment}
+        case "paused" | "resumed":  # numbered: pause 1, resume 1, pause 2, ...
+            n = ev.get("n")
+            detail = f"{'pause' if kind == 'paused' else 'resume of pause'} {n}" if n else ""
+            extra = {"n": n}
         case "exec_requested" | "cancel_requested" | "workflow.started":
             pass
         case _:  # a kind of event this release does not know: its fields, as they are

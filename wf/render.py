@@ -47,6 +47,10 @@ def render(status: dict[str, Any]) -> str:
     lines = [head]
     if status.get("reason"):
         lines.append(f"  reason: {status['reason']}")
+    if status.get("status") == "paused":
+        who = status.get("paused_by") or ""
+        lines.append("  paused" + (f" by {who}" if who else "") + ": nothing new is dispatched until `wf resume "
+                     f"{status['id']}`; running jobs finish")
     if status.get("approvals_needed") or status.get("approvals"):  # the two-person rule (requireApproval)
         given = status.get("approvals") or []
         who = ", ".join(f"{a['by']} at {a['at']}" + (f" ({a['comment']})" if a.get("comment") else "") for a in given)

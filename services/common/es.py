@@ -1,4 +1,8 @@
-"""Emergency stop: KV `wf_es`, WorkReq name -> `go` or `stop`; a missing key or any other value is stop.
+"""Emergency stop: KV `wf_es`, WorkReq name -> `go`, `pause` or `stop`; a missing key or any other value is stop.
+
+Three states (`EmergencyStops.state`): `go` runs; `pause` dispatches nothing new for the name while
+its running jobs finish (and `go` resumes); `stop` ends every workflow of the name and cancels its
+running jobs. Only the exact values `go` and `pause` are anything but stop.
 
 Every service that must react follows the bucket's stream (`KV_wf_es`) with an ordered consumer,
 as a KV watch does, so a `nats kv put wf_es NAME stop` reaches intake, executors and runners within
@@ -43,6 +47,7 @@ from .topology import ES_BUCKET
 
 log = structlog.get_logger()
 GO = "go"
+PAUSE = "pause"
 STOP = "stop"
 
 
@@ -79,7 +84,12 @@ def load_es_config(path: Path) -> dict[str, str]:
     return load_config(path, parse_es_config, EsConfigError)
 
 
-Listener = Callable[[str, bool], None]  # (WorkReq name, is it go now)
+Listener = Callable[[str, str], None]  # (WorkReq name, its state now: GO, PAUSE or STOP)
+
+
+def state_of(value: str | None) -> str:
+    """The state a value means: exactly `go` or `pause`, else (missing, anything else) `stop`."""
+    return value if value in (GO, PAUSE) else STOP  # type: ignore[return-value]
 
 VERIFY_S = 0.25  # how often a follower checks what it holds against the stream's own state
 BEHIND_LIMIT_S = 2.0  # a follower this far behind the stream reads the whole bucket again
@@ -249,6 +259,13 @@ class EmergencyStops:
     def is_go(self, name: str) -> bool:
         return self._values.get(name) == GO
 
+    def state(self, name: str) -> str:
+        """GO, PAUSE or STOP (a missing name, any other value)."""
+        return state_of(self._values.get(name))
+
+    def is_stopped(self, name: str) -> bool:
+        return self.state(name) == STOP
+
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
@@ -263,17 +280,17 @@ class EmergencyStops:
         return {STATS_KEY: self.snapshot(), CHANGES_KEY: changes}
 
     def _set(self, name: str, value: str | None, change: Change | None = None) -> None:
-        was_go = self.is_go(name)
+        was = self.state(name)
         if value is None:
             self._values.pop(name, None)
         else:
             self._values[name] = value
-        now_go = self.is_go(name)
-        if now_go != was_go:
-            log.info("emergency_stop_changed", workreq=name, state=GO if now_go else STOP,
+        now = self.state(name)
+        if now != was:
+            log.info("emergency_stop_changed", workreq=name, state=now,
                      by=change.by if change else "", why=change.why if change else "")
             for listener in self._listeners:
-                listener(name, now_go)
+                listener(name, now)
 
     def _replace(self, values: dict[str, str]) -> None:
         """Take a whole new state: every name not in it is gone (stopped)."""

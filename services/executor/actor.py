@@ -8,7 +8,12 @@ Two things make an actor the workflow's owner:
   server-side TTL. Nothing is dispatched without it, so a stalled or cut-off executor that comes
   back finds its lease taken and stops instead of dispatching beside the new owner.
 Fresh and resumed workflows take the same path: replay the history, find commands still waiting
-in the work queue, then decide."""
+in the work queue, then decide.
+
+A paused workflow (its `paused` events, or `pause` in `wf_es` for its name) keeps its actor, its
+exec message (in-progress acks) and its lease (renewals) exactly as a running one does, however long
+the pause: only the decision dispatches nothing. A `resumed` event wakes the actor as any event
+does; `go` in `wf_es` wakes it through `set_es_paused`."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from nats.js import JetStreamContext
 
 from schemas import DECODE_ERRORS, Approved, JobCommand, Submitted, event_decoder
 from services.common.bus import follow_workflow, publish_all
-from services.common.es import EmergencyStops
+from services.common.es import PAUSE, STOP, EmergencyStops
 from services.common.workreqs import StoredReqMissing, resolved
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
 
@@ -52,7 +57,7 @@ class WorkflowActor:
         self.lease = lease
         self.es = es
         self.limits = limits
-        self._stopping = asyncio.Event()  # wakes a dispatch waiting for a token
+        self._stopping = asyncio.Event()  # wakes a dispatch waiting for a token (a stop, a pause, a lost lease)
         self.progress: WorkflowProgress | None = None
         self.approved = False
         self.caught_up = False
@@ -70,9 +75,22 @@ class WorkflowActor:
         self.progress.stop(reason)
         self._stopping.set()
         if self.caught_up:
-            task = asyncio.create_task(self._step_or_lose())
-            self._stop_tasks.add(task)
-            task.add_done_callback(self._stop_tasks.discard)
+            self._step_soon()
+
+    def set_es_paused(self, paused: bool) -> None:
+        """Its name's emergency stop went to `pause` (True) or back to `go` (False)."""
+        if self.progress is None or self.progress.ended or self.progress.es_paused == paused:
+            return
+        self.progress.es_paused = paused
+        if paused:
+            self._stopping.set()  # a dispatch waiting for a token gives up: nothing new while paused
+        elif self.caught_up:
+            self._step_soon()
+
+    def _step_soon(self) -> None:
+        task = asyncio.create_task(self._step_or_lose())
+        self._stop_tasks.add(task)
+        task.add_done_callback(self._stop_tasks.discard)
 
     def renew(self, exec_msg: Msg) -> None:
         """A redelivery of the exec request to this same executor: hold the newest delivery."""
@@ -193,8 +211,10 @@ class WorkflowActor:
         for subject in waiting:
             _, _, _, _, block, job = subject.split(".")
             self.progress.mark_dispatched(int(block), int(job))
-        if not self.es.is_go(self.progress.req.name):
+        state = self.es.state(self.progress.req.name)
+        if state == STOP:
             self.progress.stop("es")
+        self.progress.es_paused = state == PAUSE
         log.info("workflow_resumed" if self.progress.started else "workflow_starting", waiting_commands=len(waiting))
 
     async def _emit(self, decision: Decision) -> None:
@@ -220,6 +240,10 @@ class WorkflowActor:
             if cmd in free:
                 continue
             assert self.limits is not None
+            if not self.progress.stopped_by and not self.lease.lost:
+                self._stopping.clear()  # set again by a stop, a pause or a lost lease from now on
+            if self.progress.paused or self.progress.stopped_by:
+                return  # paused (or stopped) meanwhile: the rest is dispatched on resume (or never)
             if not await self.limits.take(cmd.name, self._stopping):
                 if self.lease.lost:
                     raise LeaseLost(self.id)

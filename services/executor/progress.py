@@ -32,6 +32,8 @@ from schemas import (
     JobCompleted,
     JobFailed,
     JobStarted,
+    Paused,
+    Resumed,
     WorkflowEnded,
     WorkflowStarted,
     WorkReq,
@@ -75,6 +77,9 @@ class WorkflowProgress:
         self.ended = False
         self.stopped_by = ""  # "es" or "cancel" once a stop was requested
         self.fatal_failure = False  # a fatal failure (or any failure of a gate) happened: the workflow ends
+        self.pauses = 0  # the highest `n` of its `paused` events
+        self.resumes = 0  # the highest `n` of its `resumed` events
+        self.es_paused = False  # its name's emergency stop says `pause` (the executor follows wf_es)
         self.blocks_started: set[int] = set()
         self.blocks_ended: dict[int, str] = {}
         gates = {name: bool(is_gate(name)) for name in {job.name for block in req.blocks for job in block.jobs}}
@@ -87,11 +92,20 @@ class WorkflowProgress:
         if not self.ended and not self.stopped_by:
             self.stopped_by = reason
 
+    @property
+    def paused(self) -> bool:
+        """Nothing new may be dispatched (by request, or by its name's emergency stop)."""
+        return self.pauses > self.resumes or self.es_paused
+
     def apply(self, ev: Event) -> None:
         """Record an event; idempotent, and a job's first terminal state wins."""
         match ev:
             case CancelRequested():
                 self.stop("cancel")
+            case Paused():
+                self.pauses = max(self.pauses, ev.n)
+            case Resumed():
+                self.resumes = max(self.resumes, ev.n)
             case WorkflowStarted():
                 self.started = True
             case WorkflowEnded():
@@ -174,6 +188,8 @@ class WorkflowProgress:
             if halted and b not in self.blocks_started:
                 break  # stopped between blocks: the next block never starts
             if b not in self.blocks_started:
+                if self.paused:
+                    return out  # paused between blocks: the next one starts on resume
                 out.events.append(BlockStarted(id=self.id, at=at, block=b))
             has_error = any(job.status == "failed" for job in jobs)
             if halted:
@@ -186,7 +202,7 @@ class WorkflowProgress:
             if self.max_in_flight is not None:
                 limit = min(limit, max(1, self.max_in_flight))
             for j, job in enumerate(jobs):
-                if in_flight >= limit:
+                if in_flight >= limit or self.paused:
                     break
                 if not job.dispatched:
                     out.dispatch.append((b, j))

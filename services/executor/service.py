@@ -13,7 +13,7 @@ from nats.js.kv import KeyValue
 from schemas import ExecRequested, event_decoder
 from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
 from services.common.bus import connect, decode_or_terminate
-from services.common.es import EmergencyStops
+from services.common.es import PAUSE, STOP, EmergencyStops
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
 from services.common.ids import new_id
@@ -43,12 +43,14 @@ class Executor:
         self.tasks: set[asyncio.Task[None]] = set()
         es.on_change(self.on_emergency_stop)
 
-    def on_emergency_stop(self, workreq: str, go: bool) -> None:
-        if go:
-            return
+    def on_emergency_stop(self, workreq: str, state: str) -> None:
         for actor in list(self.actors.values()):
-            if actor.workreq_name == workreq:
+            if actor.workreq_name != workreq:
+                continue
+            if state == STOP:
                 actor.request_stop("es")
+            else:  # pause: nothing new dispatched; go: dispatch again from where it stopped
+                actor.set_es_paused(state == PAUSE)
 
     async def on_exec_requested(self, msg: Msg) -> None:
         ev = await decode_or_terminate(msg, event_decoder)

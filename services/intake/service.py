@@ -36,7 +36,9 @@ from schemas import (
     Denied,
     ExecRequested,
     IdReply,
+    Paused,
     Rejected,
+    Resumed,
     SubmitReply,
     Submitted,
     WorkReq,
@@ -297,8 +299,11 @@ class Intake:
         self.people = people or PeopleRoles()
 
     def _check_not_stopped(self, workreq: str) -> None:
+        """423 unless the name's emergency stop is `go`: `pause` refuses new work as `stop` does
+        (the contract's 423 is "not go"), while the workflows already running wait to resume."""
         if not self.es.is_go(workreq):
-            raise ApiError(423, f"emergency stop is not 'go' for {workreq!r}")
+            state = self.es.state(workreq)
+            raise ApiError(423, f"emergency stop is not 'go' for {workreq!r}" + (" (it is 'pause')" if state == "pause" else ""))
 
     async def _body(self, request: Request) -> bytes:
         """The WorkReq's bytes: the request's body, or the upload its headers name."""
@@ -594,6 +599,81 @@ class Intake:
         return encoder.encode(IdReply(id=wf_id))
 
 
+    # ------------------------------------------------------------ pause and resume one workflow
+
+    async def _pause_state(self, wf_id: str, what: str) -> tuple[Msg | None, Msg | None, int, int]:
+        """The workflow's last `paused` and `resumed` messages and their numbers, after checking that
+        it runs: 404 unknown, 409 not executed, cancelled or ended."""
+        await self._submission(wf_id)
+        for state in ("completed", "failed"):
+            if await last_event(self.js, f"wf.evt.{wf_id}.workflow.{state}") is not None:
+                raise ApiError(409, f"workflow {wf_id} already ended ({state}); nothing to {what}")
+        if await last_event(self.js, f"wf.evt.{wf_id}.exec_requested") is None:
+            raise ApiError(409, f"workflow {wf_id} is not running (never executed); nothing to {what}")
+        if await last_event(self.js, f"wf.evt.{wf_id}.cancel_requested") is not None:
+            raise ApiError(409, f"workflow {wf_id} was cancelled; nothing to {what}")
+        paused, resumed = await asyncio.gather(last_event(self.js, f"wf.evt.{wf_id}.paused"),
+                                               last_event(self.js, f"wf.evt.{wf_id}.resumed"))
+        n_paused = _number(paused)
+        n_resumed = _number(resumed)
+        return paused, resumed, n_paused, n_resumed
+
+    async def _record_pause_event(self, ev: Paused | Resumed, previous: Msg | None, conflict: str) -> None:
+        """One `paused` (or `resumed`) per number: a concurrent second one is a duplicate or finds
+        the subject moved on (409 `conflict`)."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(previous.seq if previous is not None and previous.seq else 0),
+                   MSG_ID: event_msg_id(ev)}
+        try:
+            ack = await self.js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if wrong_last_sequence(exc):
+                raise ApiError(409, conflict) from None
+            raise ApiError(503, f"could not record it: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ApiError(503, f"could not record it: {exc!r}") from None
+        if ack.duplicate:
+            raise ApiError(409, conflict)
+
+    async def pause(self, request: Request) -> bytes:
+        """`wf.api.pause` `{"id"}`: nothing new is dispatched for the workflow until it is resumed;
+        its running jobs finish. A stop or cancel still ends it."""
+        wf_id = decode_id(request.data)
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        who = caller(request.headers).name
+        paused, _, n_paused, n_resumed = await self._pause_state(wf_id, "pause")
+        if n_paused > n_resumed:
+            by = getattr(event_decoder.decode(paused.data), "by", "") if paused is not None else ""
+            raise ApiError(409, f"workflow {wf_id} is already paused" + (f" (by {by})" if by else ""))
+        ev = Paused(id=wf_id, at=time.time(), n=n_paused + 1, by=who)
+        await self._record_pause_event(ev, paused, f"workflow {wf_id} is already paused")
+        log.info("workflow_paused_by", by=who, n=ev.n)
+        return encoder.encode(IdReply(id=wf_id))
+
+    async def resume(self, request: Request) -> bytes:
+        """`wf.api.resume` `{"id"}`: dispatch goes on from where it stopped."""
+        wf_id = decode_id(request.data)
+        structlog.contextvars.bind_contextvars(workflow_id=wf_id)
+        who = caller(request.headers).name
+        _, resumed, n_paused, n_resumed = await self._pause_state(wf_id, "resume")
+        if n_paused <= n_resumed:
+            raise ApiError(409, f"workflow {wf_id} is not paused")
+        ev = Resumed(id=wf_id, at=time.time(), n=n_paused, by=who)
+        await self._record_pause_event(ev, resumed, f"workflow {wf_id} is not paused (resumed already)")
+        log.info("workflow_resumed_by", by=who, n=ev.n)
+        return encoder.encode(IdReply(id=wf_id))
+
+
+def _number(msg: Msg | None) -> int:
+    """The `n` of a stored `paused` or `resumed` event (0: none)."""
+    if msg is None:
+        return 0
+    try:
+        ev = event_decoder.decode(msg.data or b"")
+    except DECODE_ERRORS:
+        return 0
+    return ev.n if isinstance(ev, Paused | Resumed) else 0
+
+
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, "wf-intake")
     js = nc.jetstream()
@@ -628,6 +708,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         ConcurrentEndpoint("upload", uploads.put, settings.max_in_flight),
         ConcurrentEndpoint("approve", intake.approve, settings.max_in_flight),
         ConcurrentEndpoint("deny", intake.deny, settings.max_in_flight),
+        ConcurrentEndpoint("pause", intake.pause, settings.max_in_flight),
+        ConcurrentEndpoint("resume", intake.resume, settings.max_in_flight),
     ]
     for ep in endpoints:
         await ep.register(service, f"wf.api.{ep.name}")

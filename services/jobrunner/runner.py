@@ -40,7 +40,7 @@ from schemas import (
     event_decoder,
 )
 from services.common.bus import decode_or_terminate, last_event, publish_event, times_delivered
-from services.common.es import EmergencyStops
+from services.common.es import STOP, EmergencyStops
 from services.common import workreqs
 from services.common.topology import RUNNER_ACK_WAIT_S
 from services.jobs import Job, JobContext, JobError, JobRegistry, is_gate
@@ -118,8 +118,9 @@ class JobRunner:
                 running.stop_reason = running.stop_reason or reason
                 running.task.cancel()
 
-    def on_emergency_stop(self, workreq: str, go: bool) -> None:
-        if not go:
+    def on_emergency_stop(self, workreq: str, state: str) -> None:
+        # `pause` cancels nothing: running jobs finish (the executor dispatches nothing new)
+        if state == STOP:
             self._cancel(lambda key, r: r.workreq == workreq, STOP_REASONS["es"])
 
     async def on_workflow_event(self, msg: Msg) -> None:
@@ -232,7 +233,9 @@ class JobRunner:
     async def _skip_reason(self, cmd: JobCommand, attempt: int) -> str:
         if cmd.id in self.ended:
             return "skipped_workflow_ended"
-        if cmd.workreq and not self.es.is_go(cmd.workreq):
+        if cmd.workreq and self.es.is_stopped(cmd.workreq):
+            # (under `pause` a command already queued runs: the executor sent it before the pause,
+            # and dropping it would leave its job in flight for ever)
             return "skipped_emergency_stop"
         if await already_ended(self.js, cmd):  # a redelivery after the outcome was stored, or a replay
             return "already_ended"

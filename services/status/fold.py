@@ -23,14 +23,16 @@ from schemas import (
     JobFailed,
     JobStarted,
     JobStatus,
+    Paused,
     Rejected,
+    Resumed,
     StatusResp,
     Submitted,
     WorkflowEnded,
     WorkflowStarted,
 )
 
-_RANK = {"not_started": 0, "running": 1, "completed": 2, "failed": 2}
+_RANK = {"not_started": 0, "running": 1, "paused": 1, "completed": 2, "failed": 2}
 
 
 def _advance(current: str, new: str) -> str:
@@ -99,7 +101,25 @@ def apply(status: StatusResp, ev: Event) -> bool:
             block.has_error = block.has_error or ev.has_error
         case JobStarted() | JobCompleted() | JobFailed():
             _apply_job(status, ev)
+        # pause and resume: numbered, so the highest of each decides, in whatever order they come
+        case Paused() if ev.n > status.pauses:
+            status.pauses = ev.n
+            if ev.n > status.resumes:
+                status.paused_by = ev.by
+        case Resumed() if ev.n > status.resumes:
+            status.resumes = ev.n
+    _pause_view(status)
     return _fingerprint(status, ev) != before
+
+
+def _pause_view(status: StatusResp) -> None:
+    """`paused` (with who paused it) while the workflow runs and its last pause is not resumed;
+    `running` again on resume; an ended workflow says how it ended."""
+    paused = status.pauses > status.resumes
+    if status.status in ("running", "paused"):
+        status.status = "paused" if paused else "running"
+    if not paused or _RANK[status.status] == 2:
+        status.paused_by = ""
 
 
 def iso_ms(at: float) -> str:
@@ -144,6 +164,7 @@ def _fingerprint(status: StatusResp, ev: Event) -> tuple[object, ...]:
     """The parts of the StatusResp one event can touch."""
     head = (status.verdict, status.reason, status.status, status.had_errors, status.was_es_stopped,
             status.submitted_by, status.executed_by, status.cancelled_by, status.approvals_needed,
+            status.paused_by, status.pauses, status.resumes,
             tuple((a.by, a.at, a.comment) for a in status.approvals))
     block_idx = getattr(ev, "block", None)
     if block_idx is None or not 0 <= block_idx < len(status.blocks):

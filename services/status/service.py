@@ -97,7 +97,7 @@ class Entry:
 
 def _head(status: StatusResp) -> tuple[str, ...]:
     return (status.verdict, status.status, status.reason, status.executed_by, status.cancelled_by,
-            str(len(status.approvals)))  # an approval is written at once: exec may wait for it
+            str(len(status.approvals)), str(status.pauses), str(status.resumes))  # an approval is written at once: exec may wait for it
 
 
 class Projection:

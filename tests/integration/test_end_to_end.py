@@ -163,7 +163,8 @@ async def test_all_five_services_answer_srv_ping(nc):
     assert seen == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     info = json.loads((await nc.request("$SRV.INFO.wf-intake", b"", timeout=2)).data)
     assert {e["subject"] for e in info["endpoints"]} == {
-        "wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.api.approve", "wf.api.deny"}
+        "wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.api.approve", "wf.api.deny",
+        "wf.api.pause", "wf.api.resume"}
     stats = json.loads((await nc.request("$SRV.STATS.wf-status", b"", timeout=2)).data)
     assert stats["endpoints"][0]["num_requests"] > 0
 

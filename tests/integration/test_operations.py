@@ -46,7 +46,7 @@ async def test_every_name_the_recipes_use_exists(nc):
     assert services <= set(await ping_services(nc, wait_s=1.0))
     for subject in re.findall(r"nats req (wf\.api\.\w+)", text):
         assert subject in {"wf.api.submit", "wf.api.exec", "wf.api.status", "wf.api.cancel", "wf.api.approve",
-                           "wf.api.deny"}
+                           "wf.api.deny", "wf.api.pause", "wf.api.resume"}
 
 
 async def run_one(nc) -> str:
@@ -211,11 +211,51 @@ async def test_recipe_two_person_rule(nc):
     await sub.unsubscribe()
 
 
+async def test_recipe_pause_resume(nc):
+    reply = await client.submit(nc, SLEEP_LONG)
+    wf_id = reply["id"]
+    await client.execute(nc, wf_id)
+    body = json.dumps({"id": wf_id}).encode()
+    sub = await nc.subscribe("wf.evt.*.paused")  # the recipe's subject is a valid filter
+    assert json.loads((await nc.request("wf.api.pause", body, timeout=5)).data) == {"id": wf_id}
+    assert (await sub.next_msg(timeout=5)).subject == f"wf.evt.{wf_id}.paused"
+    await sub.unsubscribe()
+
+    async def paused():
+        status = json.loads((await nc.request("wf.api.status", body, timeout=5)).data)
+        return status if status["status"] in ("paused", "completed") else None
+
+    status = await eventually(paused, 5, what="paused")
+    assert status["status"] == "paused" and status["paused_by"] == "admin", status
+    assert json.loads((await nc.request("wf.api.resume", body, timeout=5)).data) == {"id": wf_id}
+    again = await nc.request("wf.api.resume", body, timeout=5)
+    assert again.headers["Nats-Service-Error-Code"] == "409"
+    assert (await wait_terminal(nc, wf_id))["status"] == "completed"
+
+    kv = await nc.jetstream().key_value("wf_es")
+    await kv.put("SleepDemo", b"pause")
+    try:
+        async def refused():
+            answer = await nc.request("wf.api.submit", SLEEP, timeout=5)
+            return (answer.headers or {}).get("Nats-Service-Error-Code") == "423"
+
+        await eventually(refused, 5, what="423 under pause")
+    finally:
+        await kv.put("SleepDemo", b"go")
+    await eventually(lambda: _submit_ok(nc), 5, what="submits accepted after go")
+
+
+async def _submit_ok(nc) -> bool:
+    answer = await nc.request("wf.api.submit", SLEEP, timeout=5)
+    return "Nats-Service-Error-Code" not in (answer.headers or {})
+
+
 async def test_recipe_services(nc):
     assert await ping_services(nc, wait_s=1.0) == {"wf-intake": 1, "wf-policy": 1, "wf-executor": 1, "wf-status": 1, "wf-jobrunner": 2}
     info = json.loads((await nc.request("$SRV.INFO.wf-intake", b"", timeout=2)).data)
     assert info["version"] and {e["subject"] for e in info["endpoints"]} == {
-        "wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.api.approve", "wf.api.deny"}
+        "wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.api.approve", "wf.api.deny",
+        "wf.api.pause", "wf.api.resume"}
     await client.submit(nc, SLEEP)
     stats = json.loads((await nc.request("$SRV.STATS.wf-intake", b"", timeout=2)).data)
     submit = next(e for e in stats["endpoints"] if e["name"] == "submit")

@@ -76,13 +76,31 @@ def test_messages_are_read_as_the_kv_protocol_means_them():
 def test_a_new_state_stops_every_name_it_no_longer_holds_and_tells_the_listeners():
     es = EmergencyStops()
     seen = []
-    es.on_change(lambda name, go: seen.append((name, go)))
+    es.on_change(lambda name, state: seen.append((name, state)))
     es._replace({"A": "go", "B": "go", "C": "stop"})
-    assert sorted(seen) == [("A", True), ("B", True)]
+    assert sorted(seen) == [("A", "go"), ("B", "go")]
     seen.clear()
     es._replace({"Other": "go"})  # after a rollup-all or a purge, read anew
-    assert sorted(seen) == [("A", False), ("B", False), ("Other", True)]
+    assert sorted(seen) == [("A", "stop"), ("B", "stop"), ("Other", "go")]
     assert not es.is_go("A") and es.is_go("Other") and es.snapshot() == {"Other": "go"}
+
+
+def test_pause_is_a_third_state_and_every_other_value_is_still_stop():
+    es = EmergencyStops()
+    seen = []
+    es.on_change(lambda name, state: seen.append((name, state)))
+    es._replace({"A": "pause", "B": "go", "C": "Pause", "D": "pause ", "E": "paused", "F": ""})
+    assert sorted(seen) == [("A", "pause"), ("B", "go")]
+    assert es.state("A") == "pause" and not es.is_go("A") and not es.is_stopped("A")
+    for name in ("C", "D", "E", "F", "Missing"):
+        assert es.state(name) == "stop" and es.is_stopped(name) and not es.is_go(name)
+    seen.clear()
+    es._set("A", "stop")  # pause -> stop, stop -> go, go -> pause: each change told
+    es._set("A", "go")
+    es._set("A", "pause")
+    es._set("A", "pause")  # no change
+    es._set("A", None)  # deleted: stop
+    assert seen == [("A", "stop"), ("A", "go"), ("A", "pause"), ("A", "stop")]
 
 
 # ---------------------------------------------------------------- the follower's loop, with a fake stream

@@ -185,3 +185,48 @@ def test_events_and_statuses_older_than_the_actor_fields_still_decode_and_fold_t
     again = status_decoder.decode(json.dumps(stored))
     assert (again.submitted_by, again.executed_by, again.cancelled_by) == ("", "", "")
     assert encoder.encode(again) == encoder.encode(status)
+
+
+# ---------------------------------------------------------------- pause and resume
+
+from schemas import Paused, Resumed  # noqa: E402
+
+
+def _paused_history():
+    evs = history()
+    head, tail = evs[:7], evs[7:]  # up to block 0's jobs started
+    return head + [Paused(id="W", at=1, n=1, by="alice"), Resumed(id="W", at=2, n=1, by="bob"),
+                   Paused(id="W", at=3, n=2, by="carol")] + tail[:2]
+
+
+def test_a_paused_workflow_says_paused_and_who_paused_it_and_running_again_on_resume():
+    evs = _paused_history()
+    status = fold(evs)
+    assert status.status == "paused" and status.paused_by == "carol" and (status.pauses, status.resumes) == (2, 1)
+    apply(status, Resumed(id="W", at=4, n=2, by="dave"))
+    assert status.status == "running" and status.paused_by == ""
+    status = fold(evs[:8])
+    assert status.status == "paused" and status.paused_by == "alice"
+    status = fold(evs[:9])
+    assert status.status == "running" and status.paused_by == ""
+
+
+def test_pause_events_in_any_order_give_the_same_status():
+    evs = _paused_history()
+    expected = encoder.encode(fold(evs))
+    rng = random.Random(7)
+    for _ in range(200):
+        rest = evs[1:]
+        rng.shuffle(rest)
+        assert encoder.encode(fold([evs[0], *rest])) == expected
+
+
+def test_an_ended_workflow_is_not_paused():
+    evs = history() + [Paused(id="W", at=5, n=1, by="alice")]
+    status = fold(evs)
+    assert status.status == "completed" and status.paused_by == ""
+    evs = history()[:3] + [Paused(id="W", at=5, n=1, by="alice")]  # paused before the executor started it
+    status = fold(evs)
+    assert status.status == "not_started" and status.paused_by == "alice"
+    apply(status, WorkflowStarted(id="W", at=6))
+    assert status.status == "paused" and status.paused_by == "alice"

@@ -149,3 +149,13 @@ def test_approvals_and_denials_show_who_and_why():
     assert (approval["step"], approval["actor"], approval["detail"]) == ("approval", "dana", "looks fine")
     denied = entry({"type": "denied", "id": "W", "at": T0, "by": "erin", "comment": "wrong  site"})
     assert (denied["step"], denied["actor"], denied["detail"]) == ("denied", "erin", "wrong site")
+
+
+def test_pause_and_resume_show_who_and_which_pause():
+    from schemas import Paused, Resumed
+
+    paused = entry(json.loads(encoder.encode(Paused(id="W", at=1.0, n=2, by="alice"))))
+    resumed = entry(json.loads(encoder.encode(Resumed(id="W", at=2.0, n=2, by="bob"))))
+    assert (paused["step"], paused["actor"], paused["detail"], paused["n"]) == ("paused", "alice", "pause 2", 2)
+    assert (resumed["step"], resumed["actor"], resumed["detail"]) == ("resumed", "bob", "resume of pause 2")
+    assert line(paused).split()[1:] == ["paused", "alice", "pause", "2"]

@@ -339,3 +339,76 @@ def test_a_job_a_runner_cancelled_for_an_emergency_stop_stops_the_workflow_as_on
     d = step(p)
     assert kinds(d) == ["BlockEnded", "WorkflowEnded"] and not d.dispatch  # block 1 never starts
     assert d.events[1].was_es_stopped and d.events[1].stopped_by == "es"
+
+
+# ---------------------------------------------------------------- pause and resume
+
+from schemas import Paused, Resumed  # noqa: E402
+
+
+def test_a_paused_workflow_dispatches_nothing_new_its_running_jobs_finish_and_resume_goes_on_at_the_rate_limit():
+    p = make([(1, 3), (1, 1)])
+    assert step(p).dispatch == [(0, 0)]
+    p.apply(Paused(id="W", at=0, n=1, by="alice"))
+    assert p.paused
+    finish(p, 0, 0)  # the running job finishes and is recorded
+    assert not step(p)  # nothing new while paused
+    p.apply(Resumed(id="W", at=0, n=1, by="bob"))
+    assert step(p).dispatch == [(0, 1)]  # one at a time, as before
+    finish(p, 0, 1)
+    p.apply(Paused(id="W", at=0, n=2, by="alice"))  # pause again: its own number
+    assert not step(p)
+    p.apply(Resumed(id="W", at=0, n=2))
+    assert step(p).dispatch == [(0, 2)]
+
+
+def test_a_paused_workflow_ends_its_finished_block_but_starts_no_next_one():
+    p = make([(2, 2), (1, 1)])
+    assert step(p).dispatch == [(0, 0), (0, 1)]
+    p.apply(Paused(id="W", at=0, n=1))
+    finish(p, 0, 0)
+    finish(p, 0, 1)
+    d = step(p)
+    assert [type(ev) for ev in d.events] == [BlockEnded] and not d.dispatch
+    assert not step(p)
+    p.apply(Resumed(id="W", at=0, n=1))
+    d = step(p)
+    assert [type(ev) for ev in d.events] == [BlockStarted] and d.dispatch == [(1, 0)]
+
+
+def test_pause_events_in_any_order_and_the_emergency_pause():
+    p = make([(1, 2)])
+    p.apply(Resumed(id="W", at=0, n=1))  # read before its pause: still not paused once both are in
+    p.apply(Paused(id="W", at=0, n=1))
+    assert not p.paused
+    p.apply(Paused(id="W", at=0, n=2))
+    p.apply(Paused(id="W", at=0, n=1))  # a duplicate of an old one changes nothing
+    assert p.paused
+    p.apply(Resumed(id="W", at=0, n=2))
+    assert not p.paused
+    p.es_paused = True
+    assert p.paused and not step(p).dispatch
+
+
+@pytest.mark.parametrize("stop", ["cancel", "es"])
+def test_stop_and_cancel_win_over_pause(stop):
+    p = make([(1, 3), (1, 1)])
+    step(p)
+    p.apply(Paused(id="W", at=0, n=1))
+    if stop == "cancel":
+        p.apply(CancelRequested(id="W", at=0))
+    else:
+        p.stop("es")
+    d = step(p)
+    ended = [ev for ev in d.events if isinstance(ev, WorkflowEnded)]
+    assert ended and ended[0].status == "failed" and ended[0].stopped_by == stop and not d.dispatch
+
+
+def test_a_fatal_failure_while_paused_ends_the_workflow():
+    p = make([(2, 3)])
+    step(p)
+    p.apply(Paused(id="W", at=0, n=1))
+    finish(p, 0, 0, ok=False, fatal=True)
+    finish(p, 0, 1)
+    d = step(p)
+    assert any(isinstance(ev, WorkflowEnded) and ev.stopped_by == "fatal" for ev in d.events)
