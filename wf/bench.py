@@ -30,6 +30,8 @@ from services.common.settings import REPO_ROOT
 from . import client
 from .up import die_with_parent, free_port
 
+PAUSE_WATCH_S = 2.0  # after the last pause reply, how long the bench watches for a job started (4x the target)
+PAUSE_QUIET_S = 1.0  # and no job of the paused workflows started for this long
 PACED_SHARE = 0.5  # the paced submit run offers this share of the capacity the saturated run measured
 NAME = "SleepDemo"  # its policy allows `sleep`; at time scale 0 a sleep job is instant
 
@@ -289,6 +291,93 @@ class Bench:
         await asyncio.sleep(0.2)  # let every service see `go` again before the next measurement
         return list(ended.values())
 
+    async def pause_latency(self) -> dict[str, list[float]]:
+        """N workflows of 5,000 instant jobs at rate 1 being dispatched (each has started a few jobs),
+        all paused at once (`wf.api.pause`): for each, from its pause request to the last of its
+        `job.started` events this client sees, 0 if none came after the request (how long until no
+        new job starts); the same to the last one's `at` (the runner's clock as it started the job;
+        this host's clock); and the pause's reply time. A workflow counts as done when none of them
+        has started a job for `PAUSE_QUIET_S` and `PAUSE_WATCH_S` have passed since the last reply
+        (a later start would still be caught and counted). Then each must show `paused` in
+        `wf_status`, and is cancelled and ended so that nothing is left running."""
+        ids = [await self.approved(workreq(1, 5000, 1)) for _ in range(self.sizes.es_workflows)]
+        count = dict.fromkeys(ids, 0)
+        seen: dict[str, float] = {}  # each workflow's last `job.started`: its arrival here (perf_counter)
+        at: dict[str, float] = {}  # and its `at` (time.time() clock)
+        after: dict[str, int] = dict.fromkeys(ids, 0)  # starts seen after the pause request
+        requested: dict[str, float] = {}
+        requested_wall: dict[str, float] = {}
+
+        async def on_started(msg: Any) -> None:
+            wf_id = msg.subject.split(".")[2]
+            if wf_id in count:
+                count[wf_id] += 1
+                seen[wf_id] = time.perf_counter()
+                at[wf_id] = _event_at.decode(msg.data).at
+                if wf_id in requested:
+                    after[wf_id] += 1
+
+        sub = await self.nc.subscribe("wf.evt.*.job.*.*.started", cb=on_started)
+        await self.nc.flush()
+        await self.nc.flush()
+        replies: list[float] = []
+        executed: list[str] = []
+        try:
+            for wf_id in ids:
+                await client.execute(self.nc, wf_id)
+                executed.append(wf_id)
+            deadline = time.perf_counter() + 60
+            while min(count.values()) < 3:  # every one is mid-dispatch
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("benchmark workflows did not start their jobs")
+                await asyncio.sleep(0.01)
+
+            async def pause(wf_id: str) -> None:
+                requested_wall[wf_id] = time.time()
+                requested[wf_id] = time.perf_counter()
+                await client.pause(self.nc, wf_id)
+                replies.append((time.perf_counter() - requested[wf_id]) * 1000)
+
+            await asyncio.gather(*(pause(wf_id) for wf_id in ids))
+            watch_until = time.perf_counter() + PAUSE_WATCH_S
+            while (now := time.perf_counter()) < watch_until or now - max(seen.values()) < PAUSE_QUIET_S:
+                if now > watch_until + 30:
+                    break  # still starting jobs: the figure shows it
+                await asyncio.sleep(0.05)
+            latencies = [max(0.0, (seen[i] - requested[i]) * 1000) for i in ids]
+            by_clock = [max(0.0, (at[i] - requested_wall[i]) * 1000) for i in ids]
+            kv = await self.js.key_value("wf_status")
+            for wf_id in ids:
+                deadline = time.perf_counter() + 10
+                while (state := workflow_status((await kv.get(wf_id)).value)) != "paused":
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"benchmark workflow {wf_id} is {state!r}, not paused")
+                    await asyncio.sleep(0.05)
+        finally:
+            await sub.unsubscribe()
+            await self._end(executed)
+        return {"latencies": latencies, "by_clock": by_clock, "replies": replies,
+                "started_after": [float(n) for n in after.values()]}
+
+    async def _end(self, ids: list[str]) -> None:
+        """Cancel the (executed) workflows and wait until `wf_status` shows each ended."""
+        kv = await self.js.key_value("wf_status")
+        watcher = await kv.watchall()
+        try:
+            pending = set(ids)
+            for wf_id in ids:
+                try:
+                    await client.cancel(self.nc, wf_id)
+                except client.WfError:  # never executed, or ended already
+                    pending.discard(wf_id)
+            while pending:
+                entry = await watcher.updates(timeout=60)
+                if entry is not None and entry.key in pending and workflow_status(entry.value) in ("completed", "failed"):
+                    pending.discard(entry.key)
+        finally:
+            await watcher.stop()
+        await asyncio.sleep(0.2)
+
     async def scaling(self) -> tuple[dict[str, float], dict[str, float]]:
         """Per job, for one workflow of each size (blocks of 1,000): milliseconds of pipeline time, and
         milliseconds of CPU of the whole system (every service and nats-server). The median of `runs`
@@ -440,6 +529,8 @@ async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "")
             lag_runs = [await bench.projection_lag() for _ in range(sizes.runs)]
             progress("emergency stop")
             stops = [await bench.emergency_stop() for _ in range(sizes.runs)]
+            progress("pause")
+            pauses = [await bench.pause_latency() for _ in range(sizes.runs)]
             progress("scaling")
             scaling, scaling_cpu = await bench.scaling()
             rss = peak_rss_mb(system.proc.pid)
@@ -474,6 +565,17 @@ async def measure(sizes: Sizes, progress: Callable[[str], None], sync: str = "")
                                              "p99": spread([pct(seen, 99) for _, seen in lag_runs])},
         "emergency_stop_ms": {"workflows": sizes.es_workflows, "p50": spread([pct(r, 50) for r in stops]),
                               "p99": spread([pct(r, 99) for r in stops])},
+        # the same N workflows (rate 1, mid-dispatch), each paused at once: pause request -> its last
+        # `job.started` seen here (0 if none after the request); also to that event's `at`, the
+        # runner's clock (`p99_by_job_clock`), the pause replies, and the most jobs of one workflow
+        # seen starting after its pause request
+        "pause_ms": {"workflows": sizes.es_workflows,
+                     "p50": spread([pct(r["latencies"], 50) for r in pauses]),
+                     "p99": spread([pct(r["latencies"], 99) for r in pauses]),
+                     "p99_by_job_clock": spread([pct(r["by_clock"], 99) for r in pauses]),
+                     "reply_p50": spread([pct(r["replies"], 50) for r in pauses]),
+                     "reply_p99": spread([pct(r["replies"], 99) for r in pauses]),
+                     "started_after_request_max": int(max(max(r["started_after"]) for r in pauses))},
         "peak_rss_mb": rss,
         # CPU time of each process per job of the big workflow, and per submit (medians of the runs)
         "cpu_ms_per_job": _median_by_process(bench.cpu_per_job),
@@ -510,6 +612,11 @@ def report(result: dict[str, Any]) -> str:
         f"p99 {mr(r['projection_lag_seen_by_client_ms']['p99'], ' ms')}",
         f"  emergency stop, {r['emergency_stop_ms']['workflows']} workflows running: p50 {mr(r['emergency_stop_ms']['p50'], ' ms')}, "
         f"p99 {mr(r['emergency_stop_ms']['p99'], ' ms')}",
+        *([f"  pause, {r['pause_ms']['workflows']} workflows running: p50 {mr(r['pause_ms']['p50'], ' ms')}, "
+           f"p99 {mr(r['pause_ms']['p99'], ' ms')} (target 500); by the runner's clock p99 "
+           f"{mr(r['pause_ms']['p99_by_job_clock'], ' ms')}; pause reply p99 {mr(r['pause_ms']['reply_p99'], ' ms')}; "
+           f"at most {r['pause_ms']['started_after_request_max']} job(s) of one workflow seen starting after its request"]
+          if "pause_ms" in r else []),
         "  scaling, ms per job: " + ", ".join(f"{k} jobs {v}" for k, v in r["scaling_ms_per_job"].items() if k != "ratio")
         + f" (ratio largest/smallest {r['scaling_ms_per_job']['ratio']}); CPU ms per job: "
         + ", ".join(f"{k} jobs {v}" for k, v in r["scaling_cpu_ms_per_job"].items() if k != "ratio")

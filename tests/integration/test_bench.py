@@ -21,6 +21,11 @@ def test_the_quick_benchmark_reports_every_figure():
                    "projection_lag_ms", "projection_lag_seen_by_client_ms"):
         assert 0 < result[figure]["p50"]["median"] <= result[figure]["p99"]["max"], figure
     assert result["projection_lag_ms"]["samples"] > 0
+    # pause: 0 when no job of a workflow was seen starting after its pause request
+    pause = result["pause_ms"]
+    assert pause["workflows"] == 20 and 0 <= pause["p50"]["median"] <= pause["p99"]["max"]
+    assert 0 < pause["reply_p50"]["median"] <= pause["reply_p99"]["max"] and pause["p99_by_job_clock"]["max"] >= 0
+    assert pause["started_after_request_max"] >= 0
     assert result["submit_latency_ms"]["submits_per_s"]["min"] > 0
     # the paced run offers half the capacity the saturated run measured
     offered = result["submit_latency_paced_ms"]["submits_per_s"]
