@@ -88,6 +88,12 @@ def list_table(statuses: list[dict[str, Any]]) -> str:
     for status in statuses:
         submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(id_time_s(status["id"])))
         flags = " es_stopped" if status.get("was_es_stopped") else ""
+        needed = status.get("approvals_needed") or 0
+        given = {a.get("by") for a in status.get("approvals") or [] if a.get("by") != status.get("submitted_by")}
+        if needed and status["status"] == "not_started" and status["verdict"] == "approved" and len(given) < needed:
+            # what waits for whom: N more approvals, by anyone of the policy's role but the submitter
+            flags += (f" awaiting approval {len(given)}/{needed} (not by {status.get('submitted_by') or '?'}"
+                      + (f"; given: {', '.join(sorted(g for g in given if g))}" if given else "") + ")")
         lines.append(
             f"{status['id']:<26}  {submitted:<19}  {status['name'][:22]:<22} {status['verdict']:<9} "
             f"{status['status']:<11} {_counts(_tally(status['blocks']))}{flags}"
