@@ -11,6 +11,7 @@ import asyncio
 import json
 
 import nats
+import nats.js.errors
 import pytest
 
 from schemas import JobCompleted, encoder
@@ -154,6 +155,16 @@ async def test_a_person_cannot_publish_into_the_views_or_the_services(system):
     person = await nats.connect(system.operator_url, error_cb=record)
     try:
         wf_id = (await client.submit(person, SLEEP))["id"]
+
+        async def view_caught_up():  # type: ignore[no-untyped-def]
+            # the view follows WF within milliseconds, not at once: count from after its last event
+            try:
+                await person.jetstream().get_last_msg("WF_EVENTS", f"wf.evt.{wf_id}.approved")
+                return True
+            except nats.js.errors.NotFoundError:
+                return False
+
+        await eventually(view_caught_up, 10, what="the people's view to hold the verdict")
         people_events = await person.jetstream().stream_info("WF_EVENTS")
         for subject in (f"wf.evt.{wf_id}.approved", "wf.view.evt.x.approved", "wf.view.mirror.status.M.x",
                         "$JS.wf.API.CONSUMER.CREATE.KV_wf_status", "$JS.API.STREAM.DELETE.WF_EVENTS",
