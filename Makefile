@@ -15,7 +15,7 @@ UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --universal --python
 
 CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
 
-.PHONY: demo test test-latest lock up soak clean
+.PHONY: demo test test-latest lock up soak clean sshd
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(CHECK_PYTHON)
@@ -30,8 +30,15 @@ demo: $(VENV)/.installed
 up: $(VENV)/.installed
 	$(VENV)/bin/wf up
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed sshd
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the ssh job's tests start a real sshd (tests/sshd.py): install Debian's openssh-server when
+# /usr/sbin/sshd is missing and apt-get is there (as root, or with password-less sudo; quietly,
+# apt-get update if needed, the system's sshd not started). Elsewhere those tests skip, saying why
+# (under CI, with `CI` set, they fail instead).
+sshd:
+	@test -x /usr/sbin/sshd || ! command -v apt-get >/dev/null 2>&1 || $(PYTHON) -m tests.sshd install
 
 test-latest:  ## the newest release of every dependency (no lock) in $(LATEST_VENV), then the unit tests
 	$(CHECK_PYTHON)

@@ -65,6 +65,28 @@ class IdRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
 
 
+class LogsRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `wf.api.logs`: one job of a workflow (block and job are 0-based indexes)."""
+
+    id: str
+    block: int
+    job: int
+
+
+class LogsReply(Struct, kw_only=True):
+    """Reply of `wf.api.logs`: the job's status and the whole of its output that was kept (the last
+    256 KiB of its latest attempt, secrets redacted; "" when it printed nothing or it has expired,
+    a week after it was written). `kept` says whether the whole output was found."""
+
+    id: str
+    block: int
+    job: int
+    name: str
+    status: str
+    output: str
+    kept: bool
+
+
 MAX_COMMENT = 1024  # characters of an approval's or a denial's comment
 
 
@@ -93,6 +115,9 @@ class JobStatus(Struct, kw_only=True):
     args: dict[str, str]
     status: str = "not_started"
     error: str = ""
+    # the last 4 KiB of what the job printed or received (exec, ssh, http), secrets redacted; the
+    # whole of what was kept: `wf logs ID BLOCK JOB` (`wf.api.logs`)
+    output: str = ""
 
 
 class ApprovalStatus(Struct, kw_only=True):
@@ -315,6 +340,7 @@ class JobCompleted(_Event, tag="job.completed"):
     block: int
     job: int
     attempt: int = 1
+    output: str = ""  # the last 4 KiB of the job's output, secrets redacted
 
 
 # A failed job's `error` when a runner cancelled it because its WorkReq name is emergency-stopped: the
@@ -329,6 +355,7 @@ class JobFailed(_Event, tag="job.failed", kw_only=True):
     error: str
     fatal: bool = False
     retrying: bool = False  # this attempt failed with a retryable error; another attempt follows
+    output: str = ""  # the last 4 KiB of this attempt's output, secrets redacted
 
 
 Event = (
@@ -416,6 +443,7 @@ encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(Event)
 workreq_decoder = msgspec.json.Decoder(WorkReq)
 id_request_decoder = msgspec.json.Decoder(IdRequest)
+logs_request_decoder = msgspec.json.Decoder(LogsRequest)
 approval_request_decoder = msgspec.json.Decoder(ApprovalRequest)
 status_decoder = msgspec.json.Decoder(StatusResp)
 command_decoder = msgspec.json.Decoder(JobCommand)

@@ -25,6 +25,8 @@ TYPES: dict[str, Any] = {
     "WorkReq": s.WorkReq,
     "IdRequest": s.IdRequest,
     "ApprovalRequest": s.ApprovalRequest,
+    "LogsRequest": s.LogsRequest,
+    "LogsReply": s.LogsReply,
     "SubmitReply": s.SubmitReply,
     "IdReply": s.IdReply,
     "StatusResp": s.StatusResp,

@@ -69,6 +69,21 @@ def start_system(
     return system
 
 
+def configs_with(tmp: Path, policies: dict[str, list[dict]]) -> Path:  # type: ignore[type-arg]
+    """A copy of configs/ in `tmp` with these WorkReq names added: their policies (policies.json) and
+    `go` (es.json). For start_system(config_dir=...)."""
+    import json
+    import shutil
+
+    config_dir = tmp / "configs"
+    shutil.copytree(REPO / "configs", config_dir)
+    with open(config_dir / "policies.json", "a") as fh:
+        fh.writelines(json.dumps({"Name": name, "Policies": entries}) + "\n" for name, entries in policies.items())
+    with open(config_dir / "es.json", "a") as fh:
+        fh.writelines(json.dumps({"Name": name, "Status": "go"}) + "\n" for name in policies)
+    return config_dir
+
+
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     """One running system per test module, with two job runners, quick sleeps and two small limits."""

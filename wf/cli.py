@@ -46,6 +46,7 @@ from .failures import (
     unreachable,
 )
 from .history import run as run_history
+from .logs import run as run_logs
 from .render import TERMINAL, list_table, render, summary_line
 from .up import UpOptions, die_with_parent, free_port, run_up, write_env_file
 
@@ -606,6 +607,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=lambda a: run_history(a, _connect), is_async=True)
+
+    p = sub.add_parser("logs", help="what one job printed or received (exec, ssh, http), secrets redacted")
+    p.add_argument("id")
+    p.add_argument("block", type=int, help="the block's index, from 0 (as in `wf status ID`)")
+    p.add_argument("job", type=int, help="the job's index in its block, from 0")
+    p.add_argument("--json", action="store_true", help="the wf.api.logs reply as JSON")
+    p.add_argument("--raw", action="store_true", help="print the output as it is, terminal escapes included (by "
+                   "default, on a terminal, control characters but newline and tab are shown as \\x1b, \\r, ...; "
+                   "redirected to a file or a pipe it is always as it is)")
+    p.set_defaults(func=lambda a: run_logs(a, _connect, _error_text), is_async=True)
 
     p = sub.add_parser("es", help="emergency stops: `wf es stop NAME`, `wf es pause NAME`, `wf es go NAME`, `wf es show`")
     p.add_argument("action", choices=["stop", "pause", "go", "show"])

@@ -143,3 +143,9 @@ async def pause(nc: Client, wf_id: str) -> dict[str, Any]:
 
 async def resume(nc: Client, wf_id: str) -> dict[str, Any]:
     return await call(nc, "wf.api.resume", json.dumps({"id": wf_id}).encode())
+
+
+async def logs(nc: Client, wf_id: str, block: int, job: int) -> dict[str, Any]:
+    """`wf.api.logs`: one job's whole kept output (the last 256 KiB of its latest attempt, redacted),
+    reply `{"id", "block", "job", "name", "status", "output", "kept"}`."""
+    return await call(nc, "wf.api.logs", json.dumps({"id": wf_id, "block": block, "job": job}).encode())

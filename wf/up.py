@@ -289,6 +289,9 @@ class System:
 
     def _service_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
+        if role != "jobrunner":  # jobs' secrets are the runners' alone (services/jobs/output.py)
+            for name in [k for k in env if k.startswith("WF_SECRET_") or k == "WF_SECRETS_FILE"]:
+                del env[name]
         env.update(
             WF_NATS_URL=self.url_for(role),
             WF_CONFIG_DIR=str(self.opts.config_dir.resolve()),

@@ -27,9 +27,10 @@ T = TypeVar("T")
 Main = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
-def run_service(name: str, main: Main) -> None:
+def run_service(name: str, main: Main, redact_logs: Callable[[str], str] | None = None) -> None:
+    """`redact_logs`: applied to every string of every log line (the runner's secrets)."""
     settings = Settings.from_env()
-    configure_logging(name, settings.log_level)
+    configure_logging(name, settings.log_level, redact_logs)
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -5,11 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import structlog
 
+Redact = Callable[[str], str]
 
-def configure_logging(service: str, level: str | None = None) -> None:
+
+def redacting(redact: Redact) -> structlog.typing.Processor:
+    """A processor that passes every string value of a log event (and its rendered exception)
+    through `redact`: nothing that holds a secret reaches the log, whoever logged it."""
+
+    def processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = redact(value)
+        return event
+
+    return processor
+
+
+def configure_logging(service: str, level: str | None = None, redact: Redact | None = None) -> None:
     level_name = (level or os.environ.get("WF_LOG_LEVEL") or "info").upper()
     renderer: structlog.typing.Processor
     if sys.stderr.isatty():
@@ -22,6 +39,7 @@ def configure_logging(service: str, level: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([redacting(redact)] if redact is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level_name]),

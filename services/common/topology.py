@@ -40,6 +40,14 @@ UPLOADS_MAX_BYTES = 1024**3  # all uploads in progress together; past it, a new 
 # person name -> role (client, operator, admin): written by `wf up` (from the registry, wf/users.py)
 # and `wf user add/rm`, read by wf-intake to rank approvers (services/common/approvals.py)
 PEOPLE_BUCKET = "wf_people"
+# what jobs printed or received (exec, ssh, http): "<id>.<block>.<job>" -> the last 256 KiB of the
+# latest attempt, secrets redacted (services/jobs/output.py); written by runners, read by wf-status
+# for `wf.api.logs` (`wf logs ID BLOCK JOB`); kept a week, at most OUTPUT_MAX_BYTES in all (past it, the
+# oldest go first: ensure_output_bucket; a job's last 4 KiB stay in its terminal event and StatusResp)
+OUTPUT_BUCKET = "wf_output"
+OUTPUT_TTL_S = 7 * 24 * 3600.0
+OUTPUT_MAX_BYTES = 1024**3
+OUTPUT_MAX_VALUE = 300 * 1024
 
 POLICY_CONSUMER = "policy"
 EXECUTOR_CONSUMER = "executor"
@@ -153,6 +161,22 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     await js.create_key_value(bucket=UPLOADS_BUCKET, history=1, direct=True, replicas=replicas, ttl=UPLOAD_TTL_S,
                               max_bytes=UPLOADS_MAX_BYTES)
     await js.create_object_store(WORKREQ_BUCKET, ObjectStoreConfig(replicas=replicas))
+    await ensure_output_bucket(js, replicas)
+
+
+async def ensure_output_bucket(js: JetStreamContext, replicas: int = 1) -> None:
+    """KV `wf_output`, whose stream discards its OLDEST values when full (nats-py makes every bucket
+    discard new writes): a flood of output then pushes out older jobs' whole output (their last
+    4 KiB stay in their events and StatusResp) instead of keeping anyone's new output for a week."""
+    try:
+        await js.create_key_value(bucket=OUTPUT_BUCKET, history=1, direct=True, replicas=replicas,
+                                  ttl=OUTPUT_TTL_S, max_bytes=OUTPUT_MAX_BYTES, max_value_size=OUTPUT_MAX_VALUE)
+    except nats.js.errors.BadRequestError:  # it exists (with discard old: its config differs from nats-py's)
+        pass
+    config = (await js.stream_info(f"KV_{OUTPUT_BUCKET}")).config
+    if config.discard != DiscardPolicy.OLD:
+        config.discard = DiscardPolicy.OLD
+        await js.update_stream(config)
 
 
 def view_configs(replicas: int = 1) -> list[StreamConfig]:

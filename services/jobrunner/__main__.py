@@ -1,5 +1,15 @@
-from services.common.lifecycle import run_service
+from functools import partial
 
-from .service import main
+from .service import harden_process  # first: nothing may read the runner before it is not dumpable
 
-run_service("wf-jobrunner", main)
+harden_process()
+
+from services.common.lifecycle import run_service  # noqa: E402
+from services.jobs.output import Secrets  # noqa: E402
+
+from .service import main  # noqa: E402
+
+# one copy of the secrets, read before the environment is scrubbed (service.main): the runner's log
+# never shows one of them, whoever logged it (a job, nats-py, a traceback)
+secrets = Secrets.from_environ()
+run_service("wf-jobrunner", partial(main, secrets=secrets), redact_logs=secrets.redact)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from schemas import (
     DECODE_ERRORS,
@@ -39,11 +41,12 @@ from schemas import (
     command_decoder,
     event_decoder,
 )
+from services.common import workreqs
 from services.common.bus import decode_or_terminate, last_event, publish_event, times_delivered
 from services.common.es import STOP, EmergencyStops
-from services.common import workreqs
 from services.common.topology import RUNNER_ACK_WAIT_S
 from services.jobs import Job, JobContext, JobError, JobRegistry, is_gate
+from services.jobs.output import NO_SECRETS, Output, Secrets
 
 log = structlog.get_logger()
 KEEPALIVE_S = RUNNER_ACK_WAIT_S / 3
@@ -56,6 +59,22 @@ STOP_REASONS = {
     "fatal": "cancelled: a fatal failure ended its block",
     "max_failures": "cancelled: the workflow's failure budget was spent",
 }
+
+
+def max_attempts(job: Job | None, args: dict[str, str]) -> int:
+    """How many attempts a job may have: its `max_attempts_for(args)` (a WorkReq's `attempts` arg),
+    else its class's `max_attempts` (default 1: no retry)."""
+    per_args = getattr(job, "max_attempts_for", None)
+    if per_args is not None:
+        try:
+            return max(1, int(per_args(args)))
+        except Exception:  # validated at submit; a job's own bug here means no retry
+            return 1
+    return int(getattr(job, "max_attempts", 1))
+
+
+def output_key(cmd: JobCommand) -> str:
+    return f"{cmd.id}.{cmd.block}.{cmd.job}"
 
 
 def _terminal(msg: Msg | None) -> bool:
@@ -98,8 +117,11 @@ class Running:
 
 
 class JobRunner:
-    def __init__(self, js: JetStreamContext, jobs: JobRegistry, time_scale: float, es: EmergencyStops, max_deliveries: int) -> None:
+    def __init__(self, js: JetStreamContext, jobs: JobRegistry, time_scale: float, es: EmergencyStops, max_deliveries: int,
+                 *, secrets: Secrets = NO_SECRETS, output_kv: KeyValue | None = None) -> None:
         self.js = js
+        self.secrets = secrets
+        self.output_kv = output_kv
         self.jobs = jobs
         self.time_scale = time_scale
         self.es = es
@@ -114,8 +136,10 @@ class JobRunner:
 
     def _cancel(self, predicate: object, reason: str) -> None:
         for key, running in list(self.running.items()):
-            if predicate(key, running):  # type: ignore[operator]
-                running.stop_reason = running.stop_reason or reason
+            # once only: a second cancel (an emergency stop, then its workflow's end) would interrupt
+            # the cancelled job's last steps (keeping its output, reporting it failed)
+            if predicate(key, running) and not running.stop_reason:  # type: ignore[operator]
+                running.stop_reason = reason
                 running.task.cancel()
 
     def on_emergency_stop(self, workreq: str, state: str) -> None:
@@ -159,7 +183,7 @@ class JobRunner:
             log.info("job_handled", outcome=skip)
             return
         job = self.jobs.get(cmd.name)
-        limit = max(self.max_deliveries, getattr(job, "max_attempts", 1))
+        limit = max(self.max_deliveries, max_attempts(job, cmd.args))
         if attempt > limit:
             error = (f"gave up after {attempt - 1} deliveries: each runner that took it died or lost its connection "
                      f"before finishing (limit {limit})")
@@ -180,7 +204,7 @@ class JobRunner:
         log.info(
             "job_handled",
             outcome="completed" if isinstance(result, JobCompleted) else "failed",
-            error=getattr(result, "error", ""),
+            error=getattr(result, "error", ""),  # (redacted: _failed)
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
@@ -241,12 +265,27 @@ class JobRunner:
             return "already_ended"
         return ""
 
-    def _failed(self, cmd: JobCommand, attempt: int, error: str, *, fatal: bool = False, retrying: bool = False) -> JobFailed:
-        """The one place a failure is made: a gate's failure for good is always fatal."""
+    def _failed(self, cmd: JobCommand, attempt: int, error: str, *, fatal: bool = False, retrying: bool = False,
+                output: str = "") -> JobFailed:
+        """The one place a failure is made: a gate's failure for good is always fatal; the error is
+        redacted (a job's message may quote what it was given)."""
         job = self.jobs.get(cmd.name)
         fatal = fatal or job is None or (is_gate(job) and not retrying)
         return JobFailed(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time(),
-                         error=error, fatal=fatal, retrying=retrying)
+                         error=self.secrets.redact(error), fatal=fatal, retrying=retrying, output=output)
+
+    async def _keep_output(self, cmd: JobCommand, output: Output) -> str:
+        """Store what was kept of the output for `wf logs` (before the terminal event, so whoever sees
+        the outcome can read it), and return its tail for the event. Losing the whole output (the
+        bucket full or unreachable) costs a warning, never the job."""
+        if not output.total:
+            return ""
+        if self.output_kv is not None:
+            try:
+                await self.output_kv.put(output_key(cmd), output.full().encode())
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("output_not_kept", error=repr(exc), bytes=output.total)
+        return output.tail()
 
     async def _run(self, msg: Msg, cmd: JobCommand, job: Job | None, attempt: int) -> JobCompleted | JobFailed:
         if job is None:
@@ -255,7 +294,9 @@ class JobRunner:
         task = asyncio.current_task()
         assert task is not None
         self.running[key] = Running(task, cmd.workreq)
-        ctx = JobContext(workflow_id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, time_scale=self.time_scale, log=log)
+        output = Output(self.secrets)
+        ctx = JobContext(workflow_id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, time_scale=self.time_scale,
+                         log=log, output=output, secrets=self.secrets)
         keepalive = asyncio.create_task(keep_alive(msg))
         try:
             await job.run(cmd.args, ctx)
@@ -265,14 +306,17 @@ class JobRunner:
                 raise  # shutting down: the caller hands the command back
             task.uncancel()
             log.info("job_cancelled", reason=reason)
-            return self._failed(cmd, attempt, reason)
+            return self._failed(cmd, attempt, reason, output=await self._keep_output(cmd, output))
         except JobError as err:
-            retrying = err.retryable and attempt < getattr(job, "max_attempts", 1)
-            return self._failed(cmd, attempt, err.message, fatal=err.fatal, retrying=retrying)
+            retrying = err.retryable and attempt < max_attempts(job, cmd.args)
+            return self._failed(cmd, attempt, err.message, fatal=err.fatal, retrying=retrying,
+                                output=await self._keep_output(cmd, output))
         except Exception as exc:  # a job's own bug fails the job, never the runner
-            log.exception("job_crashed")
-            return self._failed(cmd, attempt, f"job crashed: {exc!r}")
+            log.error("job_crashed", error=self.secrets.redact(repr(exc)),
+                      traceback=self.secrets.redact(traceback.format_exc()))
+            return self._failed(cmd, attempt, f"job crashed: {exc!r}", output=await self._keep_output(cmd, output))
         finally:
             keepalive.cancel()
             self.running.pop(key, None)
-        return JobCompleted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time())
+        return JobCompleted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time(),
+                            output=await self._keep_output(cmd, output))

@@ -25,6 +25,8 @@ from services.buckets import BucketConfig, BucketStore
 from services.common.plugins import add_plugins
 from services.inventory import Inventory, InventoryError, InventorySource
 
+from .output import NO_SECRETS, Output, Secrets
+
 
 class ArgError(ValueError):
     """An argument is missing, unknown or has a bad value; `arg` names it ("" for the job itself)."""
@@ -58,6 +60,11 @@ class JobContext:
     attempt: int
     time_scale: float
     log: structlog.typing.FilteringBoundLogger = field(default_factory=structlog.get_logger)
+    # what the job prints or receives (bounded; redacted when read): the runner puts its tail in the
+    # terminal event (`output`) and the whole of what was kept in KV `wf_output` (`wf logs`)
+    output: Output = field(default_factory=Output)
+    # the runner's secrets: `secrets.resolve(arg)` turns `secret:NAME` into its value
+    secrets: Secrets = NO_SECRETS
 
     @property
     def attempt_id(self) -> str:
@@ -66,8 +73,10 @@ class JobContext:
 
 
 class Job(Protocol):
-    """A job. It may also set `max_attempts` (default 1: no retry), `retry_base_s` (default 1.0) and
-    `gate` (default False: True makes any failure of it end the workflow; see the module's docstring)."""
+    """A job. It may also set `max_attempts` (default 1: no retry), `retry_base_s` (default 1.0),
+    `gate` (default False: True makes any failure of it end the workflow; see the module's docstring)
+    and `allowed_by` (default "": the name of the policy that must allow each use of it; a WorkReq
+    using it is rejected unless its name's policies include that one: default-deny)."""
 
     name: str
     mandatory_args: frozenset[str]
@@ -83,6 +92,12 @@ class Job(Protocol):
 def is_gate(job: object) -> bool:
     """Whether a job guards what follows it: its class says `gate = True`."""
     return bool(getattr(job, "gate", False))
+
+
+def allowed_by(job: object) -> str:
+    """The policy that must allow each use of a job ("" for none: the job is allowed as the other
+    policies decide). Such a job is denied unless its WorkReq name's policies include that one."""
+    return str(getattr(job, "allowed_by", "") or "")
 
 
 _WHOLE_NUMBER_RE = re.compile(r"[0-9]{1,18}")
@@ -162,10 +177,13 @@ def inventory_or_arg_error(source: InventorySource, arg: str) -> Inventory:
 
 
 def builtin_jobs(env: JobEnv) -> list[Job]:
-    from . import disk_erase, sleep, token_bucket, validate_decom
+    from . import disk_erase, exec_cmd, http_call, sleep, ssh_cmd, token_bucket, validate_decom
 
     return [
         disk_erase.DiskEraseJob(env.inventory),
+        exec_cmd.ExecJob(),
+        http_call.HttpJob(),
+        ssh_cmd.SshJob(env.inventory),
         sleep.SleepJob(),
         token_bucket.TokenBucketJob(env.buckets, env.bucket_store),
         validate_decom.ValidateDecomJob(env.inventory),

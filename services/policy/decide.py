@@ -6,7 +6,7 @@ import asyncio
 
 from schemas import WorkReq, encoder, workreq_decoder
 from services.common.approvals import NONE, Requirement, combine
-from services.jobs import ArgError, JobRegistry
+from services.jobs import ArgError, JobRegistry, allowed_by
 
 from .registry import NamedCheck, PolicyConfig, PolicyViolation
 
@@ -22,6 +22,20 @@ def validate_jobs(req: WorkReq, jobs: JobRegistry) -> str | None:
                 if err.arg:
                     where += f" argument {err.arg!r}"
                 return f"invalid job: {where}: {err.message}"
+    return None
+
+
+def default_deny(req: WorkReq, jobs: JobRegistry, checks: tuple[NamedCheck, ...]) -> str | None:
+    """The first job that needs an allow policy (its `allowed_by`) that the policies of the WorkReq's
+    name do not include; None when there is none. Default-deny: exec, ssh, http and any plugin job
+    that says so run only where a policy of that name allows each use of them."""
+    configured = {named.name for named in checks}
+    for b, block in enumerate(req.blocks):
+        for j, job in enumerate(block.jobs):
+            needed = allowed_by(jobs.get(job.name))
+            if needed and needed not in configured:
+                return (f"policy({needed}) violation: block {b} job {j} ({job.name}): {job.name} jobs are denied "
+                        f"unless the policies of WorkReq name {req.name!r} include {needed}")
     return None
 
 
@@ -51,6 +65,9 @@ async def decide(req: WorkReq, jobs: JobRegistry, config: PolicyConfig) -> str |
     checks = config.by_name.get(req.name)
     if checks is None:
         return f"no policy for WorkReq name {req.name!r}"
+    denied = default_deny(req, jobs, checks)
+    if denied:
+        return denied
     req_json = encoder.encode(req)
     if sum(len(block.jobs) for block in req.blocks) <= INLINE_MAX_JOBS:
         results = [_run_check(named, req_json) for named in checks]

@@ -16,7 +16,8 @@ from schemas import WorkReq
 from services.common.configfile import load_config
 from services.common.jsonstream import json_stream
 from services.common.plugins import add_plugins
-from services.jobs import JobRegistry
+from services.inventory import InventorySource
+from services.jobs import JobRegistry, allowed_by
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,12 @@ class PolicyRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._policies)
+
+
+def guarded_jobs(jobs: JobRegistry, policy: str) -> frozenset[str]:
+    """The registered jobs that `policy` must allow (their `allowed_by` names it): the allow
+    policies check these, built-in or plugin alike."""
+    return frozenset(name for name in jobs.names() if allowed_by(jobs.get(name)) == policy)
 
 
 def parse_settings(policy: str, struct: type[Any], raw: dict[str, Any]) -> Any:
@@ -123,10 +130,23 @@ def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) 
     return load_config(path, lambda text: parse_policy_config(text, policies, jobs), ConfigError)
 
 
-def builtin_policies() -> list[Policy]:
-    from .policies import max_failures, require_approval, restrict_job_types, same_args, start_or_end
+def builtin_policies(inventory: InventorySource | None = None) -> list[Policy]:
+    """`inventory`: what allowHosts reads to expand site names (None: a site entry allows no machine)."""
+    from .policies import (
+        allow_commands,
+        allow_hosts,
+        allow_urls,
+        max_failures,
+        require_approval,
+        restrict_job_types,
+        same_args,
+        start_or_end,
+    )
 
     return [
+        allow_commands.AllowCommands(),
+        allow_hosts.AllowHosts(inventory),
+        allow_urls.AllowUrls(),
         max_failures.MaxFailures(),
         require_approval.RequireApproval(),
         restrict_job_types.RestrictJobTypes(),
@@ -138,9 +158,9 @@ def builtin_policies() -> list[Policy]:
 POLICIES_ENTRY_POINTS = "wf.policies"
 
 
-def load_policies() -> PolicyRegistry:
+def load_policies(inventory: InventorySource | None = None) -> PolicyRegistry:
     """The built-in policies plus those of installed packages (entry-point group `wf.policies`:
     each entry is a callable returning a policy). A name registered twice is refused."""
-    registry = PolicyRegistry(builtin_policies())
+    registry = PolicyRegistry(builtin_policies(inventory))
     add_plugins(registry, POLICIES_ENTRY_POINTS, "policy")
     return registry

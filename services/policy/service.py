@@ -25,6 +25,7 @@ from services.common.logs import bound
 from services.common.settings import VERSION, Settings
 from services.common.startup import job_registry_or_exit
 from services.common.topology import CONFIG_BUCKET, EVENTS_STREAM, POLICY_CONSUMER
+from services.inventory import InventorySource
 from services.jobs import JobRegistry
 
 from .config_watch import PolicyConfigWatcher
@@ -94,7 +95,7 @@ async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, wa
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     jobs = job_registry_or_exit(settings)
     try:
-        policies = load_policies()
+        policies = load_policies(InventorySource(settings.inventory_dir))  # allowHosts reads it per verdict
     except ValueError as exc:
         log.error("startup_failed", error=str(exc))
         raise SystemExit(2) from None

@@ -147,14 +147,16 @@ def _apply_job(status: StatusResp, ev: JobStarted | JobCompleted | JobFailed) ->
         job.status = _advance(job.status, "running")
     elif isinstance(ev, JobCompleted):
         if _RANK[job.status] < 2:
-            job.status, job.error = "completed", ""
+            job.status, job.error, job.output = "completed", "", ev.output
     elif ev.retrying:
         if _RANK[job.status] < 2:  # still going: show why the last attempt failed
             job.status = "running"
             job.error = f"attempt {ev.attempt} failed, retrying: {ev.error}"
+            job.output = ev.output
     elif _RANK[job.status] < 2:
         job.status = "failed"
         job.error = ev.error
+        job.output = ev.output
         block = status.blocks[ev.block]
         block.has_error = True
         status.had_errors = True
@@ -171,4 +173,4 @@ def _fingerprint(status: StatusResp, ev: Event) -> tuple[object, ...]:
         return head
     block = status.blocks[block_idx]
     job = _job(status, block_idx, getattr(ev, "job", -1))
-    return (*head, block.status, block.has_error, None if job is None else (job.status, job.error))
+    return (*head, block.status, block.has_error, None if job is None else (job.status, job.error, job.output))

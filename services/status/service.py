@@ -22,13 +22,32 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
-from schemas import Event, StatusResp, Submitted, encoder, event_decoder, omits_jobs, status_decoder, summarise
+from schemas import (
+    DECODE_ERRORS,
+    Event,
+    LogsReply,
+    StatusResp,
+    Submitted,
+    encoder,
+    event_decoder,
+    logs_request_decoder,
+    omits_jobs,
+    status_decoder,
+    summarise,
+)
 from services.common.bus import connect, decode_or_terminate, last_event, read_history, stored_verdict
-from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id
+from services.common.endpoint import ApiError, ConcurrentEndpoint, decode_id, find_duplicate_key
+from services.common.ids import is_valid_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.logs import bound
 from services.common.settings import VERSION, Settings
-from services.common.topology import EVENTS_STREAM, STATUS_ACK_WAIT_S, STATUS_BUCKET, STATUS_CONSUMER
+from services.common.topology import (
+    EVENTS_STREAM,
+    OUTPUT_BUCKET,
+    STATUS_ACK_WAIT_S,
+    STATUS_BUCKET,
+    STATUS_CONSUMER,
+)
 from services.common.workreqs import fits, resolved, submitted
 
 from . import fold
@@ -302,13 +321,46 @@ async def flush_periodically(projection: Projection, stop: asyncio.Event) -> Non
 
 
 class StatusApi:
-    def __init__(self, nc: Client, kv: KeyValue) -> None:
+    def __init__(self, nc: Client, kv: KeyValue, output_kv: KeyValue | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.kv = kv
+        self.output_kv = output_kv
 
     async def status(self, request: Request) -> bytes:
-        wf_id = decode_id(request.data)
+        return await self._status_json(decode_id(request.data))
+
+    async def logs(self, request: Request) -> bytes:
+        """`wf.api.logs` {"id", "block", "job"}: one job's whole kept output (LogsReply)."""
+        try:
+            req = logs_request_decoder.decode(request.data)
+        except DECODE_ERRORS as exc:
+            raise ApiError(400, f'request must be JSON {{"id": ID, "block": N, "job": N}}: {exc}') from None
+        duplicate = find_duplicate_key(request.data)
+        if duplicate:
+            raise ApiError(400, f'request must be JSON {{"id": ID, "block": N, "job": N}}: {duplicate}')
+        if not is_valid_id(req.id):
+            raise ApiError(404, f"unknown id {req.id!r}")
+        status = status_decoder.decode(await self._status_json(req.id))
+        if not 0 <= req.block < len(status.blocks):
+            raise ApiError(404, f"workflow {req.id} has no block {req.block} (it has {len(status.blocks)})")
+        jobs = status.blocks[req.block].jobs
+        if jobs and not 0 <= req.job < len(jobs):
+            raise ApiError(404, f"block {req.block} of workflow {req.id} has no job {req.job} (it has {len(jobs)})")
+        job = jobs[req.job] if jobs else None  # (a summary of a very large workflow lists no jobs)
+        if job is None and req.job < 0:
+            raise ApiError(404, f"block {req.block} of workflow {req.id} has no job {req.job}")
+        output, kept = (job.output if job else ""), False
+        if self.output_kv is not None:
+            try:
+                entry = await self.output_kv.get(f"{req.id}.{req.block}.{req.job}")
+                output, kept = (entry.value or b"").decode("utf-8", "replace"), True
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                pass
+        return encoder.encode(LogsReply(id=req.id, block=req.block, job=req.job, name=job.name if job else "",
+                                        status=job.status if job else "", output=output, kept=kept))
+
+    async def _status_json(self, wf_id: str) -> bytes:
         try:
             value = (await self.kv.get(wf_id)).value
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
@@ -337,10 +389,13 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, "wf-status")
     js = nc.jetstream()
     kv = await when_ready(lambda: js.key_value(STATUS_BUCKET), stop, what=STATUS_BUCKET)
-    api = StatusApi(nc, kv)
+    output_kv = await when_ready(lambda: js.key_value(OUTPUT_BUCKET), stop, what=OUTPUT_BUCKET)
+    api = StatusApi(nc, kv, output_kv)
     service = await start_micro(nc, "wf-status", VERSION, "status projection and queries")
     endpoint = ConcurrentEndpoint("status", api.status, settings.max_in_flight)
     await endpoint.register(service, "wf.api.status")
+    logs_endpoint = ConcurrentEndpoint("logs", api.logs, settings.max_in_flight)
+    await logs_endpoint.register(service, "wf.api.logs")
     projection = Projection(nc, kv)
     flusher = asyncio.create_task(flush_periodically(projection, stop))
     sub = await bind_durable(nc, EVENTS_STREAM, STATUS_CONSUMER, stop)
@@ -349,4 +404,5 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await flusher
     await service.stop()
     await endpoint.drain()
+    await logs_endpoint.drain()
     await shutdown(nc, sub)

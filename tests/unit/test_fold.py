@@ -122,8 +122,8 @@ def test_a_status_too_large_for_one_message_is_written_as_a_summary_that_counts_
     import json
 
     from schemas import StoredReq, omits_jobs
-    from services.status.service import encode_status
     from services.common.workreqs import HEADROOM
+    from services.status.service import encode_status
     from wf.render import render, summary_line
 
     status = fold(history(fail_job=True))
@@ -230,3 +230,16 @@ def test_an_ended_workflow_is_not_paused():
     assert status.status == "not_started" and status.paused_by == "alice"
     apply(status, WorkflowStarted(id="W", at=6))
     assert status.status == "paused" and status.paused_by == "alice"
+
+
+def test_a_jobs_output_is_its_terminal_events_whatever_the_order():
+    base = history()[:6]
+    retry = JobFailed(id="W", at=0, block=0, job=0, attempt=1, error="flaky", retrying=True, output="first try\n")
+    done = JobCompleted(id="W", at=0, block=0, job=0, attempt=2, output="second try: ok\n")
+    status = fold([*base, retry])
+    assert status.blocks[0].jobs[0].output == "first try\n"  # shown while it is retried
+    for order in ([retry, done], [done, retry], [done, done, retry]):
+        assert fold([*base, *order]).blocks[0].jobs[0].output == "second try: ok\n"
+    failed = JobFailed(id="W", at=0, block=0, job=1, error="exited with code 2", output="boom\n")
+    assert fold([*base, failed]).blocks[0].jobs[1].output == "boom\n"
+    assert fold(history()).blocks[1].jobs[0].output == ""  # a job that printed nothing

@@ -69,7 +69,7 @@ def test_unknown_missing_and_extra_arguments_name_the_argument(jobs):
 def test_an_unknown_job_is_refused_listing_the_registered_ones(jobs):
     with pytest.raises(ArgError) as err:
         jobs.validate("eraseEverything", {})
-    assert err.value.arg == "" and "'eraseEverything'" in err.value.message and "diskErase, sleep" in err.value.message
+    assert err.value.arg == "" and "'eraseEverything'" in err.value.message and "diskErase, exec, http, sleep, ssh" in err.value.message
 
 
 def test_a_name_registered_twice_is_refused():
