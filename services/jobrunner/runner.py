@@ -11,6 +11,11 @@ A gate's failure (a job with `gate = True`: tokenBucket, validateDecom) is repor
 whatever caused it; the executor does not rely on that (it tells gates apart with its own job
 registry), but the event then says what the failure does.
 
+A job whose WorkReq says how often it may run (`max_attempts_for`: exec, ssh, http's `attempts`) is
+not at-least-once: a command redelivered after an interrupted attempt runs again only while
+attempts remain, else it fails "not run again"; before that, the job may clean up what the
+interrupted attempt left on this host (`clean_up_earlier_attempts`: exec's processes).
+
 A job's task is cancelled (not just ignored) when its workflow ends early (fatal failure, failure
 budget, emergency stop, cancel) or its WorkReq name is emergency-stopped; it is then reported
 `failed` with the reason. Commands of such workflows that were not started yet are dropped."""
@@ -21,7 +26,9 @@ import asyncio
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import nats.errors
 import structlog
@@ -97,6 +104,12 @@ async def already_ended(js: JetStreamContext, cmd: JobCommand) -> bool:
     if last is None or _terminal(last):
         return last is not None
     return _terminal(await last_event(js, f"{base}.completed")) or _terminal(await last_event(js, f"{base}.failed"))
+
+
+async def last_event_is_started(js: JetStreamContext, cmd: JobCommand) -> bool:
+    """Whether the job's last event is `started`: an attempt began and never ended."""
+    last = await last_event(js, f"wf.evt.{cmd.id}.job.{cmd.block}.{cmd.job}.*")
+    return last is not None and last.subject.endswith(".started")
 
 
 async def keep_alive(msg: Msg) -> None:
@@ -191,6 +204,23 @@ class JobRunner:
             await msg.term()
             log.info("job_handled", outcome="delivery_limit", error=error)
             return
+        clean_up = getattr(job, "clean_up_earlier_attempts", None)
+        if attempt > 1 and clean_up is not None and await last_event_is_started(self.js, cmd):
+            # an earlier attempt started and never ended (its runner died): what it left running here goes
+            killed = await clean_up(cmd.id, cmd.block, cmd.job)
+            if killed:
+                log.warning("earlier_attempt_killed", processes=killed)
+        allowed = max_attempts(job, cmd.args)
+        if getattr(job, "max_attempts_for", None) is not None and attempt > allowed:
+            # a job whose WorkReq says how often it may run (`attempts`: exec, ssh, http) is not run
+            # again because an earlier attempt was interrupted (its runner stopped or died mid-run):
+            # the command may have done its work; at-least-once is the seed jobs' rule, not theirs
+            error = (f"not run again: attempt {attempt - 1} was interrupted (its runner stopped or died) and this "
+                     f"job may run {allowed} time(s) (its `attempts`)")
+            await publish_event(self.js, self._failed(cmd, attempt, error, fatal=cmd.args.get("fatal") == "true"))
+            await msg.term()
+            log.info("job_handled", outcome="attempts_spent", error=error)
+            return
         await publish_event(self.js, JobStarted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time()))
         result = await self._run(msg, cmd, job, attempt)
         if isinstance(result, JobFailed) and result.retrying:
@@ -274,11 +304,12 @@ class JobRunner:
         return JobFailed(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time(),
                          error=self.secrets.redact(error), fatal=fatal, retrying=retrying, output=output)
 
-    async def _keep_output(self, cmd: JobCommand, output: Output) -> str:
+    async def _keep_output(self, cmd: JobCommand, output: Output, attempt: int) -> str:
         """Store what was kept of the output for `wf logs` (before the terminal event, so whoever sees
         the outcome can read it), and return its tail for the event. Losing the whole output (the
-        bucket full or unreachable) costs a warning, never the job."""
-        if not output.total:
+        bucket full or unreachable) costs a warning, never the job. A later attempt that printed
+        nothing replaces an earlier attempt's output (with nothing)."""
+        if not output.total and attempt == 1:
             return ""
         if self.output_kv is not None:
             try:
@@ -298,25 +329,27 @@ class JobRunner:
         ctx = JobContext(workflow_id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, time_scale=self.time_scale,
                          log=log, output=output, secrets=self.secrets)
         keepalive = asyncio.create_task(keep_alive(msg))
+        # the outcome, made once the output is kept: that await comes after the job left `running`,
+        # so a stop arriving then cannot cancel it (and lose the outcome)
+        outcome: Callable[..., JobCompleted | JobFailed]
         try:
             await job.run(cmd.args, ctx)
+            outcome = partial(JobCompleted, id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time())
         except asyncio.CancelledError:
             reason = self.running[key].stop_reason
             if not reason:
                 raise  # shutting down: the caller hands the command back
             task.uncancel()
             log.info("job_cancelled", reason=reason)
-            return self._failed(cmd, attempt, reason, output=await self._keep_output(cmd, output))
+            outcome = partial(self._failed, cmd, attempt, reason)
         except JobError as err:
             retrying = err.retryable and attempt < max_attempts(job, cmd.args)
-            return self._failed(cmd, attempt, err.message, fatal=err.fatal, retrying=retrying,
-                                output=await self._keep_output(cmd, output))
+            outcome = partial(self._failed, cmd, attempt, err.message, fatal=err.fatal, retrying=retrying)
         except Exception as exc:  # a job's own bug fails the job, never the runner
             log.error("job_crashed", error=self.secrets.redact(repr(exc)),
                       traceback=self.secrets.redact(traceback.format_exc()))
-            return self._failed(cmd, attempt, f"job crashed: {exc!r}", output=await self._keep_output(cmd, output))
+            outcome = partial(self._failed, cmd, attempt, f"job crashed: {exc!r}")
         finally:
             keepalive.cancel()
             self.running.pop(key, None)
-        return JobCompleted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time(),
-                            output=await self._keep_output(cmd, output))
+        return outcome(output=await self._keep_output(cmd, output, attempt))

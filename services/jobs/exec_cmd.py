@@ -87,6 +87,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import pwd
@@ -99,7 +101,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ArgError, JobContext, JobError, parse_whole_number
-from .output import SecretError, secret_name
+from .output import Output, SecretError, secret_name
 
 MAX_ARGV = 256
 MAX_ARG_LEN = 4096
@@ -112,12 +114,10 @@ ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 TERM_GRACE_S = 2.0  # after SIGTERM (timeout) before SIGKILL
 LINGER_S = 1.0  # after the program exits, for what it left running to finish writing
-READ_CHUNK = 64 * 1024
 LAST_LINE_CHARS = 300
 EXEC_USER_ENV = "WF_EXEC_USER"  # the runner's setting: the OS user every program runs as
 MARKER_ENV = "WF_EXEC_ID"  # in each program's environment: finds what it started, even after setsid
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-STREAM_LIMIT = 64 * 1024
 
 
 def parse_argv(text: str) -> list[str]:
@@ -323,17 +323,64 @@ class _Tree:
         return True
 
 
-class _ExitSeen(asyncio.subprocess.SubprocessStreamProtocol):
-    """The stream protocol of create_subprocess_exec, telling when the program itself exited:
-    Process.wait() waits for its pipes too, which a child that escaped may hold open for ever."""
+class _Program(asyncio.SubprocessProtocol):
+    """The program, as asyncio's public subprocess protocol sees it: what it writes (stdout and
+    stderr, interleaved as they come) goes to the job's output, which keeps it bounded; `exited` is
+    set when the program itself exits, `closed` when its pipes are (a child that escaped may hold
+    them open for ever: the outcome never waits for them)."""
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
+    def __init__(self, output: Output) -> None:
+        self.output = output
         self.exited = asyncio.Event()
+        self.closed = asyncio.Event()
+        self._open = {1, 2}
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.output.write(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        if not self._open:
+            self.closed.set()
 
     def process_exited(self) -> None:
-        super().process_exited()
         self.exited.set()
+
+
+def _die_with_the_runner() -> None:
+    """In the child, after the switch to WF_EXEC_USER and before exec: SIGKILL when the runner dies,
+    even by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so a crashed runner leaves no program running
+    while its command is redelivered to another."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+except OSError:
+    _LIBC = None
+
+
+def _leftovers(job_prefix: str) -> list[int]:
+    """Live processes whose environment carries a WF_EXEC_ID of this job (`<workflow>.<block>.<job>.`,
+    any attempt): what an earlier attempt left when its runner died (the program itself dies with its
+    runner; its children may not)."""
+    needle = f"{MARKER_ENV}={job_prefix}".encode()
+    me, found = os.getpid(), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in (me, 1):
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                environ = fh.read()
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X") and (environ.startswith(needle) or b"\0" + needle in environ):
+            found.append(int(entry.name))
+    return found
 
 
 async def _reaped(tree: _Tree, exited: asyncio.Event) -> None:
@@ -396,6 +443,21 @@ class ExecJob:
         parse_attempts(args)
         parse_fatal(args)
 
+    async def clean_up_earlier_attempts(self, workflow_id: str, block: int, job: int) -> int:
+        """Called by the runner when a command comes again after an attempt that did not end (its
+        runner died): SIGKILL what that attempt left running on this host, found by its WF_EXEC_ID
+        (the /proc scan in a thread: it reads every process's environment). How many were killed."""
+        prefix = f"{workflow_id}.{block}.{job}."
+        killed: set[int] = set()
+        deadline = time.monotonic() + 5.0
+        while (left := await asyncio.to_thread(_leftovers, prefix)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            await asyncio.sleep(0.02)
+        return len(killed)
+
     def max_attempts_for(self, args: Mapping[str, str]) -> int:
         """How many times this use may be started in all: its `attempts` arg (default 1)."""
         try:
@@ -432,48 +494,46 @@ class ExecJob:
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.subprocess_exec(
-                lambda: _ExitSeen(STREAM_LIMIT, loop), *resolved, stdin=asyncio.subprocess.DEVNULL,
+                lambda: _Program(ctx.output), *resolved, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
-                start_new_session=True, **(user.spawn_args() if user else {}))
+                start_new_session=True, preexec_fn=_die_with_the_runner,  # noqa: PLW1509 (one prctl call)
+                **(user.spawn_args() if user else {}))
         except OSError as exc:
             message = self._start_error(program, cwd, exc, user)
             ctx.log.info("exec_not_started", program=program, error=message)
             raise JobError(message, fatal=fatal) from None
-        proc = asyncio.subprocess.Process(transport, protocol, loop)
-        tree = _Tree(proc.pid, marker, since)
+        pid = transport.get_pid()
+        tree = _Tree(pid, marker, since)
         exited = protocol.exited
 
-        async def pump(stream: asyncio.StreamReader | None) -> None:
-            assert stream is not None
-            while chunk := await stream.read(READ_CHUNK):
-                ctx.output.write(chunk)
-
-        pumps = asyncio.gather(pump(proc.stdout), pump(proc.stderr))
+        pipes_closed = asyncio.ensure_future(protocol.closed.wait())
         try:
             try:
                 async with asyncio.timeout(timeout_s):
                     await exited.wait()  # the program's exit, whoever still holds its pipes
             except TimeoutError:
                 await _terminate(tree, exited)
-                await self._drain(pumps)
+                await self._drain(pipes_closed)
                 ctx.log.info("exec_timed_out", program=program, timeout_s=timeout_s)
                 raise JobError(f"timed out after {timeout_s} s", retryable=True, fatal=fatal) from None
             # exited: what it left running gets a moment to finish writing, then goes
-            await asyncio.wait({pumps}, timeout=LINGER_S)
+            await asyncio.wait({pipes_closed}, timeout=LINGER_S)
             if tree.members():
                 await _terminate(tree, exited)
-            await self._drain(pumps)
+            await self._drain(pipes_closed)
         except asyncio.CancelledError:
             await _kill_now(tree, exited)
-            await self._drain(pumps)
-            ctx.log.info("exec_cancelled", program=program, pid=proc.pid)
+            await self._drain(pipes_closed)
+            ctx.log.info("exec_cancelled", program=program, pid=pid)
             raise
         finally:
-            if proc.returncode is None:  # a bug above: never leave it running
+            if transport.get_returncode() is None:  # a bug above: never leave it running
                 tree.signal(signal.SIGKILL)
             transport.close()  # the pipes too, should something we could not find still hold them
+            if not pipes_closed.done():
+                pipes_closed.cancel()
 
-        code = proc.returncode
+        code = transport.get_returncode()
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         ctx.log.info("exec_ended", program=program, exit_code=code, duration_ms=duration_ms)
         if code is not None and code < 0:
@@ -491,16 +551,9 @@ class ExecJob:
         return ctx.secrets.redact(f"{message}: {last}" if last else message)
 
     @staticmethod
-    async def _drain(pumps: asyncio.Future[object]) -> None:
-        """The readers end once every writer is gone; bounded all the same, and never left behind."""
-        try:
-            await asyncio.wait({pumps}, timeout=1.0)
-        finally:
-            if not pumps.done():
-                pumps.cancel()
-            else:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    pumps.result()  # a reading error loses output, never the outcome
+    async def _drain(pipes_closed: asyncio.Future[object]) -> None:
+        """The pipes close once every writer is gone: what is still on its way is read (bounded)."""
+        await asyncio.wait({pipes_closed}, timeout=1.0)
 
     @staticmethod
     def _start_error(program: str, cwd: str | None, exc: OSError, user: ExecUser | None = None) -> str:

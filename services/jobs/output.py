@@ -31,6 +31,7 @@ FULL_BYTES = 256 * 1024  # kept for `wf logs`
 SECRET_PREFIX = "secret:"
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 SECRET_ENV_PREFIX = "WF_SECRET_"
+GIVEN_PER_NAME = 4  # values of one secret remembered after they were given to a job
 LOOK_EVERY_S = 1.0  # how often redaction looks whether the secrets file changed
 MIN_SECRET_LEN = 4  # shorter values are refused: redacting them would mangle every output
 
@@ -60,6 +61,9 @@ class Secrets:
         self._from_file: dict[str, str] = {}
         # what redact() looks for, computed again only when the file's values change (the env is fixed)
         self._patterns_of: dict[str, str] | None = None
+        self._given: dict[str, list[str]] = {}  # name -> values resolve() gave jobs (the last few)
+        self._given_version = 0
+        self._patterns_given = 0
         self._patterns: list[tuple[str, str]] = []
         self._longest = 0
 
@@ -112,16 +116,36 @@ class Secrets:
             raise SecretError(f"secret {name!r} is not set on this runner (WF_SECRETS_FILE or {SECRET_ENV_PREFIX}{name})")
         if len(found) < MIN_SECRET_LEN:
             raise SecretError(f"secret {name!r} is shorter than {MIN_SECRET_LEN} characters; refused")
+        # a value given to a job stays redacted after it is rotated out of the file (the job may
+        # still print it): the last few values of each name are remembered
+        given = self._given.setdefault(name, [])
+        if found not in given:
+            given.append(found)
+            del given[:-GIVEN_PER_NAME]
+            self._given_version += 1
         return found
 
     def _current(self) -> list[tuple[str, str]]:
-        """(form, placeholder) for every known value and its escaped forms, longest first."""
-        try:
-            from_file = self._load()
-        except SecretError:
-            from_file = self._from_file  # the last good read: redaction must not stop
-        if from_file is not self._patterns_of:
-            self._patterns = _patterns({**self._environ, **from_file})
+        """(form, placeholder) for every known value and its escaped forms, longest first. The file is
+        looked at once a second at most here (this runs for every string of every log line of the
+        runner); `resolve` always looks, and what it gave a job is always redacted."""
+        now = time.monotonic()
+        if now - self._looked_at < LOOK_EVERY_S:
+            from_file = self._from_file
+        else:
+            self._looked_at = now
+            try:
+                from_file = self._load()
+            except SecretError:
+                from_file = self._from_file  # the last good read: redaction must not stop
+        if from_file is not self._patterns_of or self._given_version != self._patterns_given:
+            patterns: dict[str, str] = {}
+            for name, values in self._given.items():
+                for value in values:
+                    patterns.update(_patterns({name: value}))
+            patterns.update(_patterns({**self._environ, **from_file}))  # the current values win a shared form
+            self._patterns = sorted(patterns.items(), key=lambda kv: -len(kv[0]))
+            self._patterns_given = self._given_version
             self._longest = max((len(form.encode("utf-8", "surrogatepass")) for form, _ in self._patterns), default=0)
             self._patterns_of = from_file
         return self._patterns

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import nats.micro
@@ -72,13 +73,32 @@ REBUILD_TIMEOUT_S = 300.0  # reading a large workflow's whole history back from 
 ENDED_KEEP_S = 2 * STATUS_ACK_WAIT_S
 
 
+OUTPUT_SHORT = 256  # bytes of each job's `output` kept when the whole StatusResp would not fit
+
+
 def encode_status(status: StatusResp, max_payload: int) -> tuple[bytes, int]:
-    """The StatusResp's JSON, or its StatusSummary's when the whole would exceed the server's max
-    payload (a workflow of very many jobs); and the whole's size, which paces its writes."""
+    """The StatusResp's JSON; when the whole would exceed the server's max payload, first the same
+    with each job's `output` cut to its last OUTPUT_SHORT bytes, then without outputs (`wf logs`
+    has them), and only then its StatusSummary (a workflow of very many jobs); and the whole's
+    size, which paces its writes."""
     data = encoder.encode(status)
     if fits(max_payload, len(data)):
         return data, len(data)
+    if any(job.output for block in status.blocks for job in block.jobs):
+        for keep in (OUTPUT_SHORT, 0):
+            shorter = msgspec.structs.replace(status, blocks=[
+                msgspec.structs.replace(block, jobs=[
+                    msgspec.structs.replace(job, output=_last_bytes(job.output, keep)) for job in block.jobs])
+                for block in status.blocks])
+            trimmed = encoder.encode(shorter)
+            if fits(max_payload, len(trimmed)):
+                return trimmed, len(data)
     return encoder.encode(summarise(status)), len(data)
+
+
+def _last_bytes(text: str, size: int) -> str:
+    raw = text.encode("utf-8")
+    return text if len(raw) <= size else raw[len(raw) - size:].decode("utf-8", "ignore")
 
 
 async def fold_history(js: JetStreamContext, wf_id: str) -> StatusResp | None:
@@ -357,8 +377,16 @@ class StatusApi:
                 output, kept = (entry.value or b"").decode("utf-8", "replace"), True
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 pass
-        return encoder.encode(LogsReply(id=req.id, block=req.block, job=req.job, name=job.name if job else "",
-                                        status=job.status if job else "", output=output, kept=kept))
+        reply = LogsReply(id=req.id, block=req.block, job=req.job, name=job.name if job else "",
+                          status=job.status if job else "", output=output, kept=kept)
+        data = encoder.encode(reply)
+        body = output
+        while not fits(self.nc.max_payload, len(data)) and body:
+            # JSON escapes a control byte as six: an output of them may not fit; its end does
+            body = body[len(body) // 4 or len(body):]
+            reply.output = "[wf: the start was cut to fit the reply]\n" + body
+            data = encoder.encode(reply)
+        return data
 
     async def _status_json(self, wf_id: str) -> bytes:
         try:

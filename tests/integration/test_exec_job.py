@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -216,3 +217,33 @@ async def test_an_emergency_stop_mid_run_kills_the_whole_tree(exec_system, enc, 
         assert await last_event(enc.jetstream(), f"wf.evt.{wf_id}.job.0.0.failed") is not None
     finally:
         await kv.put(ES_NAME, b"go")
+
+
+async def test_a_runner_killed_mid_run_leaves_no_program_and_an_attempts_1_job_is_not_run_again(enc, tmp_path):
+    """kill -9 of the runner running a job: its program dies with it (PR_SET_PDEATHSIG), and the
+    redelivered command is not started again (`attempts` 1: the command may have done its work);
+    the job fails saying so."""
+    started = tmp_path / "started"
+    script = 'echo "$$ $PPID" >> "$1"; echo running; sleep 300'
+    wf_id = await start(enc, workreq(NAME, sh(script, str(started))))
+    line = await eventually(lambda: _first_line(started), 20, what="the program to start")
+    program, runner = (int(p) for p in line.split())
+    os.kill(runner, signal.SIGKILL)
+    await eventually(lambda: _gone(program), 5, what="the program to die with its runner")
+    status = await ended(enc, wf_id, timeout_s=60)  # after the command's ack wait (10 s), redelivered
+    job = status["blocks"][0]["jobs"][0]
+    assert job["status"] == "failed" and "not run again" in job["error"], job
+    assert len(started.read_text().splitlines()) == 1, "the command was started twice"
+    assert_all_gone([program])  # and what it started (its sleep) was killed by the runner that took it next
+
+
+async def _gone(pid: int) -> bool | None:
+    return True if not alive(pid) else None
+
+
+async def _first_line(path: Path) -> str | None:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return lines[0] if lines else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import os
 import pwd
 import re
@@ -482,3 +483,13 @@ def test_the_runner_makes_itself_not_dumpable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert out == ["1", "True", "0"]
+
+
+@pytest.mark.parametrize("environ", [{}, {"WF_EXEC_USER": "nobody"}], ids=["runner-user", "nobody"])
+async def test_a_program_dies_with_its_runner(environ):
+    """PR_SET_PDEATHSIG is SIGKILL in the program, after the switch of user: a runner killed mid-job
+    (kill -9, OOM) leaves no program running while its command goes to another runner."""
+    ctx = make_ctx()
+    probe = "import ctypes; v = ctypes.c_int(); ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(v)); print(v.value)"
+    await ExecJob(environ=environ).run({"argv": json.dumps(["/usr/bin/python3", "-c", probe]), "cwd": "/"}, ctx)
+    assert ctx.output.tail().strip() == str(int(signal.SIGKILL))

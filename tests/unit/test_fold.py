@@ -243,3 +243,21 @@ def test_a_jobs_output_is_its_terminal_events_whatever_the_order():
     failed = JobFailed(id="W", at=0, block=0, job=1, error="exited with code 2", output="boom\n")
     assert fold([*base, failed]).blocks[0].jobs[1].output == "boom\n"
     assert fold(history()).blocks[1].jobs[0].output == ""  # a job that printed nothing
+
+
+def test_outputs_are_cut_before_a_status_is_summarised():
+    """300 jobs of 4 KiB output each do not fit a 1 MiB message: the outputs are cut (wf logs has
+    them), every job entry is kept; only a status still too large becomes a summary."""
+    from schemas import BlockStatus, JobStatus, StatusResp, status_decoder
+    from services.status.service import OUTPUT_SHORT, encode_status
+
+    jobs = [JobStatus(name="exec", desc="", args={}, status="completed", output="x" * 4000 + f"end {n}")
+            for n in range(300)]
+    status = StatusResp(id="W", name="N", desc="", blocks=[BlockStatus(desc="b", jobs=jobs)])
+    data, whole = encode_status(status, 1024 * 1024)
+    assert whole > 1024 * 1024 and len(data) <= 1024 * 1024
+    kept = status_decoder.decode(data)
+    assert len(kept.blocks[0].jobs) == 300
+    assert all(len(j.output.encode()) <= OUTPUT_SHORT and j.output.endswith(f"end {n}")
+               for n, j in enumerate(kept.blocks[0].jobs))
+    assert status.blocks[0].jobs[0].output.startswith("x" * 4000)  # the projection's own copy is whole

@@ -97,7 +97,10 @@ def test_a_secret_is_redacted_in_its_escaped_forms():
     assert secrets.longest() == len(quote(secret, safe=""))  # the margin covers the longest form
 
 
-def test_escaped_forms_follow_the_secrets_file(tmp_path):
+def test_escaped_forms_follow_the_secrets_file(tmp_path, monkeypatch):
+    import services.jobs.output
+
+    monkeypatch.setattr(services.jobs.output, "LOOK_EVERY_S", 0.0)  # (redaction looks once a second)
     path = tmp_path / "secrets.json"
     path.write_text(json.dumps({"Q": 'old"value'}))
     secrets = Secrets(path)
@@ -126,3 +129,16 @@ def test_a_secret_starting_in_the_margin_is_redacted_whole():
     full = out.full()
     assert full.startswith("[wf: the first") and full.endswith("c" * 100)
     assert not any(TOKEN[i:i + 4] in full for i in range(len(TOKEN) - 3))
+
+
+def test_a_value_given_to_a_job_stays_redacted_after_it_is_rotated_out(tmp_path):
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"TOKEN": TOKEN}))
+    secrets = Secrets(path)
+    assert secrets.resolve("secret:TOKEN") == TOKEN  # a job got the old value ...
+    path.write_text(json.dumps({"TOKEN": "the-new-value"}))
+    os.utime(path, ns=(2, 2))
+    assert secrets.resolve("secret:TOKEN") == "the-new-value"
+    out = Output(secrets)
+    out.write(f"old {TOKEN} new the-new-value\n")  # ... and printed it after the rotation
+    assert out.tail() == "old [secret:TOKEN] new [secret:TOKEN]\n"
