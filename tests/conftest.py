@@ -17,6 +17,7 @@ from typing import TypeVar
 import nats
 import pytest
 
+from tests.procs import descendants
 from wf.up import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,26 +112,6 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (children, their children, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 SERVICE_MODULES = ("intake", "policy", "executor", "jobrunner", "status")

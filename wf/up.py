@@ -24,6 +24,7 @@ from services.common.bus import connect
 from services.common.es_seed import seed_emergency_stops
 from services.common.lifecycle import redact
 from services.common.topology import ES_BUCKET, ensure_topology, ensure_views
+from services.jobs.output import is_secret_setting
 
 from . import auth, users
 
@@ -290,7 +291,7 @@ class System:
     def _service_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
         if role != "jobrunner":  # jobs' secrets are the runners' alone (services/jobs/output.py)
-            for name in [k for k in env if k.startswith("WF_SECRET_") or k == "WF_SECRETS_FILE"]:
+            for name in [k for k in env if is_secret_setting(k)]:
                 del env[name]
         env.update(
             WF_NATS_URL=self.url_for(role),

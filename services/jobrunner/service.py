@@ -42,14 +42,14 @@ from services.common.topology import (
     RUNNER_CONSUMER,
 )
 from services.jobs.exec_cmd import exec_user_problem
-from services.jobs.output import SECRET_ENV_PREFIX, Secrets
+from services.jobs.output import Secrets, is_secret_setting
 
 from .runner import JobRunner
 
 log = structlog.get_logger()
 FETCH_MAX = 64
 PR_SET_DUMPABLE = 4
-SCRUBBED_ENV = ("WF_NATS_URL", "WF_SECRETS_FILE")  # and every WF_SECRET_*
+SCRUBBED_ENV = ("WF_NATS_URL",)  # and every secret setting (is_secret_setting)
 
 
 def harden_process() -> bool:
@@ -67,7 +67,7 @@ def harden_process() -> bool:
 def scrub_environ(environ: MutableMapping[str, str] = os.environ) -> list[str]:
     """Delete the runner's credentials from its environment once read (settings and Secrets hold
     copies): nothing started later inherits them. The names deleted."""
-    names = [k for k in environ if k in SCRUBBED_ENV or k.startswith(SECRET_ENV_PREFIX)]
+    names = [k for k in environ if k in SCRUBBED_ENV or is_secret_setting(k)]
     for name in names:
         del environ[name]
     return names

@@ -18,6 +18,7 @@ its environment (`WF_SECRET_<NAME>`). A WorkReq never holds a secret's value, on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,9 +32,16 @@ FULL_BYTES = 256 * 1024  # kept for `wf logs`
 SECRET_PREFIX = "secret:"
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 SECRET_ENV_PREFIX = "WF_SECRET_"
+SECRETS_FILE_ENV = "WF_SECRETS_FILE"
 GIVEN_PER_NAME = 4  # values of one secret remembered after they were given to a job
 LOOK_EVERY_S = 1.0  # how often redaction looks whether the secrets file changed
 MIN_SECRET_LEN = 4  # shorter values are refused: redacting them would mangle every output
+
+
+def is_secret_setting(name: str) -> bool:
+    """Whether an environment variable is one of the runner's secret settings (the secrets file or a
+    secret): what only runners are given, and what a runner deletes from its environment once read."""
+    return name == SECRETS_FILE_ENV or name.startswith(SECRET_ENV_PREFIX)
 
 
 class SecretError(ValueError):
@@ -69,7 +77,7 @@ class Secrets:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Secrets:
-        path = environ.get("WF_SECRETS_FILE", "")
+        path = environ.get(SECRETS_FILE_ENV, "")
         env = {k[len(SECRET_ENV_PREFIX):]: v for k, v in environ.items() if k.startswith(SECRET_ENV_PREFIX)}
         return cls(Path(path) if path else None, env)
 
@@ -91,20 +99,16 @@ class Secrets:
             self._from_file, self._file_stamp = data, stamp
         return self._from_file
 
-    def values(self) -> dict[str, str]:
-        """Every secret this runner knows (the file's entries win over the environment's). The file is
-        looked at once a second at most here (this runs for every log line of the runner); `resolve`
-        always looks, so a secret a job is given is always known to redaction."""
+    def _file_now(self) -> dict[str, str]:
+        """The secrets file's entries, looked at once a second at most (redaction runs for every string
+        of every log line of the runner); `resolve` always looks, and what it gave a job is always
+        redacted. A file gone bad keeps the last good read: redaction must not stop."""
         now = time.monotonic()
-        if now - self._looked_at < LOOK_EVERY_S:
-            from_file = self._from_file
-        else:
+        if now - self._looked_at >= LOOK_EVERY_S:
             self._looked_at = now
-            try:
-                from_file = self._load()
-            except SecretError:
-                from_file = self._from_file  # the last good read: redaction must not stop
-        return {**self._environ, **from_file}
+            with contextlib.suppress(SecretError):
+                self._load()
+        return self._from_file
 
     def resolve(self, value: str) -> str:
         """An arg's value: itself, or the secret it names. SecretError if that secret is not set."""
@@ -126,18 +130,8 @@ class Secrets:
         return found
 
     def _current(self) -> list[tuple[str, str]]:
-        """(form, placeholder) for every known value and its escaped forms, longest first. The file is
-        looked at once a second at most here (this runs for every string of every log line of the
-        runner); `resolve` always looks, and what it gave a job is always redacted."""
-        now = time.monotonic()
-        if now - self._looked_at < LOOK_EVERY_S:
-            from_file = self._from_file
-        else:
-            self._looked_at = now
-            try:
-                from_file = self._load()
-            except SecretError:
-                from_file = self._from_file  # the last good read: redaction must not stop
+        """(form, placeholder) for every known value and its escaped forms, longest first."""
+        from_file = self._file_now()
         if from_file is not self._patterns_of or self._given_version != self._patterns_given:
             patterns: dict[str, str] = {}
             for name, values in self._given.items():

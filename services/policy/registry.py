@@ -5,14 +5,15 @@ unregistered job is a configuration error then, not a surprise at submit time.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
-from schemas import WorkReq
+from schemas import Job, WorkReq
 from services.common.configfile import load_config
 from services.common.jsonstream import json_stream
 from services.common.plugins import add_plugins
@@ -56,6 +57,28 @@ class PolicyRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._policies)
+
+
+def guarded_uses(req: WorkReq, guarded: frozenset[str]) -> Iterator[tuple[str, Job]]:
+    """Each use in the WorkReq of a job an allow policy must allow: ("block B job J (name)", the job)."""
+    for b, block in enumerate(req.blocks):
+        for j, job in enumerate(block.jobs):
+            if job.name in guarded:
+                yield f"block {b} job {j} ({job.name})", job
+
+
+def json_object_pairs(text: str) -> list[tuple[str, Any]]:
+    """Every (key, value) of a JSON object given as a job arg, a key repeated included (Python's
+    json keeps only the last, which a check must not miss); ValueError if it is not an object."""
+    pairs: list[tuple[str, Any]] = []
+
+    def hook(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        pairs.extend(items)
+        return dict(items)
+
+    if not isinstance(json.loads(text, object_pairs_hook=hook), dict):
+        raise ValueError("not a JSON object")
+    return pairs
 
 
 def guarded_jobs(jobs: JobRegistry, policy: str) -> frozenset[str]:

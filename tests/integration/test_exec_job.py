@@ -16,6 +16,7 @@ import pytest
 from schemas import JobFailed, JobStarted, event_decoder
 from services.common.bus import last_event, read_history
 from tests.conftest import configs_with, eventually, start_system
+from tests.procs import alive, in_session
 from wf import client
 from wf.client import WfError
 
@@ -71,28 +72,6 @@ async def ended(nc, wf_id: str, timeout_s: float = 30) -> dict:
         return status if status["status"] in ("completed", "failed") else None
 
     return await eventually(probe, timeout_s, what=f"workflow {wf_id} to end")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return state not in ("Z", "X")
-
-
-def in_session(sid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] not in ("Z", "X") and sid in (int(fields[2]), int(fields[3])):
-                found.append(int(entry.name))
-    return found
 
 
 def assert_all_gone(pids: list[int], within_s: float = 5.0) -> None:

@@ -23,6 +23,7 @@ import pytest
 from services.common.bus import connect as bus_connect
 from tests.conftest import REPO, configs_with, eventually, start_system
 from tests.httpserver import HttpTestServer
+from tests.procs import alive
 from wf import client
 from wf.client import WfError
 
@@ -142,14 +143,6 @@ async def run(nc, name: str, job: dict) -> tuple[str, dict, str]:
     wf_id = await start(nc, workreq(name, job))
     entry = await job_ended(nc, wf_id)
     return wf_id, entry, (await client.logs(nc, wf_id, 0, 0))["output"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def kill_if_alive(pid: int) -> None:

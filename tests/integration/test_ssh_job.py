@@ -24,7 +24,8 @@ from services.jobs import JobContext, JobError
 from services.jobs.output import Output, Secrets
 from services.jobs.ssh_cmd import SshJob
 from tests.conftest import REPO, configs_with, eventually, start_system
-from tests.sshd import Sshd, pid_alive, sshd_or_skip
+from tests.procs import alive as pid_alive
+from tests.sshd import Sshd, sshd_or_skip
 from wf import client
 from wf.client import WfError
 from wf.up import free_port

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import os
 import pwd
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +20,7 @@ import structlog
 from services.jobs import ArgError, JobContext, JobError
 from services.jobs.exec_cmd import ExecJob, parse_argv
 from services.jobs.output import Output, Secrets
+from tests.procs import alive, in_session
 
 SECRET = "s3cr3t-Value-42"
 
@@ -31,29 +32,6 @@ def make_ctx(secrets: Secrets | None = None) -> JobContext:
 
 def sh(script: str, *extra: str) -> str:
     return json.dumps(["/bin/sh", "-c", script, "sh", *extra])
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie waiting for its reaper runs no more)."""
-    try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return state not in ("Z", "X")
-
-
-def session_members(sid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] not in ("Z", "X") and sid in (int(fields[2]), int(fields[3])):
-                found.append(int(entry.name))
-    return found
 
 
 def assert_all_gone(pids: list[int], within_s: float = 3.0) -> None:
@@ -275,7 +253,7 @@ async def test_a_timeout_kills_the_whole_group_even_what_ignores_sigterm():
     assert err.value.message == "timed out after 1 s" and err.value.retryable and err.value.fatal
     assert time.monotonic() - started < 8
     assert_all_gone(pids)
-    assert session_members(pids[0]) == []
+    assert in_session(pids[0]) == []
 
 
 async def test_a_cancel_kills_the_whole_tree_at_once():
@@ -292,7 +270,7 @@ async def test_a_cancel_kills_the_whole_tree_at_once():
     assert time.monotonic() - started < 1.5
     assert [p for p in pids if alive(p)] == [], "killed before the cancel returned"
     assert_all_gone(pids)
-    assert session_members(pids[0]) == []
+    assert in_session(pids[0]) == []
     assert any(e["event"] == "exec_cancelled" for e in logs)
 
 

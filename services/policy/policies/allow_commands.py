@@ -55,7 +55,15 @@ from services.jobs import ArgError, JobRegistry
 from services.jobs.exec_cmd import parse_argv
 from services.jobs.output import SECRET_NAME_RE, SECRET_PREFIX
 
-from ..registry import Check, ConfigError, PolicyViolation, guarded_jobs, parse_settings
+from ..registry import (
+    Check,
+    ConfigError,
+    PolicyViolation,
+    guarded_jobs,
+    guarded_uses,
+    json_object_pairs,
+    parse_settings,
+)
 
 ANY_ARGS = ("*",)
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")  # as the exec job accepts them
@@ -151,19 +159,6 @@ def _allowed_command(policy: str, n: int, entry: CommandEntry) -> AllowedCommand
                           secret_patterns(where, entry.Secrets), tuple(entry.Cwd))
 
 
-def _env_pairs(text: str) -> list[tuple[str, Any]]:
-    """Every (name, value) of the `env` arg (duplicates included), or ValueError if it is not a JSON object."""
-    pairs: list[tuple[str, Any]] = []
-
-    def hook(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        pairs.extend(items)
-        return dict(items)
-
-    if not isinstance(json.loads(text, object_pairs_hook=hook), dict):
-        raise ValueError("not a JSON object")
-    return pairs
-
-
 def _listed(items: list[str] | set[str]) -> str:
     shown = sorted(items)
     text = ", ".join(repr(i[:100]) for i in shown[:LISTED_MAX])
@@ -174,7 +169,7 @@ def _env_issue(env_text: str, matching: list[AllowedCommand]) -> tuple[str | Non
     """(None, the entries that allow all of `env`) when one matching entry lists every name of `env`
     and every secret its values name, else (what is wrong, [])."""
     try:
-        pairs = _env_pairs(env_text)
+        pairs = json_object_pairs(env_text)
     except ValueError:
         return "env is not a JSON object", []
     names = [name for name, _ in pairs]
@@ -226,26 +221,22 @@ class AllowCommands:
             return PolicyViolation(f"{where}: {what} (allowed: {listing})")
 
         def check(req: WorkReq) -> None:
-            for b, block in enumerate(req.blocks):
-                for j, job in enumerate(block.jobs):
-                    if job.name not in guarded:
-                        continue
-                    where = f"block {b} job {j} ({job.name})"
-                    try:
-                        argv = parse_argv(job.args.get("argv", ""))
-                    except ArgError as err:
-                        raise violation(where, f"argv is not allowed: {err.message}") from None
-                    matching = [a for a in allowed if a.matches(argv)]
-                    if not matching:
-                        raise violation(where, f"command {_shown(argv)} is not allowed")
-                    # one entry must allow the whole use: its cwd, env names and env secrets together
-                    if "cwd" in job.args:
-                        issue, matching = _cwd_issue(job.args["cwd"], matching)
-                        if issue:
-                            raise PolicyViolation(f"{where}: command {_shown(argv)}: {issue}")
-                    if "env" in job.args:
-                        issue, matching = _env_issue(job.args["env"], matching)
-                        if issue:
-                            raise PolicyViolation(f"{where}: command {_shown(argv)}: {issue}")
+            for where, job in guarded_uses(req, guarded):
+                try:
+                    argv = parse_argv(job.args.get("argv", ""))
+                except ArgError as err:
+                    raise violation(where, f"argv is not allowed: {err.message}") from None
+                matching = [a for a in allowed if a.matches(argv)]
+                if not matching:
+                    raise violation(where, f"command {_shown(argv)} is not allowed")
+                # one entry must allow the whole use: its cwd, env names and env secrets together
+                if "cwd" in job.args:
+                    issue, matching = _cwd_issue(job.args["cwd"], matching)
+                    if issue:
+                        raise PolicyViolation(f"{where}: command {_shown(argv)}: {issue}")
+                if "env" in job.args:
+                    issue, matching = _env_issue(job.args["env"], matching)
+                    if issue:
+                        raise PolicyViolation(f"{where}: command {_shown(argv)}: {issue}")
 
         return check

@@ -52,7 +52,7 @@ from services.inventory import Inventory, InventoryError, InventorySource
 from services.jobs import ArgError, JobRegistry, parse_whole_number
 from services.jobs.ssh_cmd import DEFAULT_PORT, parse_user
 
-from ..registry import Check, ConfigError, PolicyViolation, guarded_jobs, parse_settings
+from ..registry import Check, ConfigError, PolicyViolation, guarded_jobs, guarded_uses, parse_settings
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -239,17 +239,13 @@ class AllowHosts:
             return "is not allowed"
 
         def check(req: WorkReq) -> None:
-            for b, block in enumerate(req.blocks):
-                for j, job in enumerate(block.jobs):
-                    if job.name not in guarded:
-                        continue
-                    host = job.args.get("host", "")
-                    reason = why_not(host)
-                    if reason is not None:
-                        raise PolicyViolation(
-                            f"block {b} job {j} ({job.name}): host {_shown(host)} {reason} (allowed: {listing})")
-                    issue = login_issue(job.args)
-                    if issue is not None:
-                        raise PolicyViolation(f"block {b} job {j} ({job.name}): host {_shown(host)}: {issue}")
+            for where, job in guarded_uses(req, guarded):
+                host = job.args.get("host", "")
+                reason = why_not(host)
+                if reason is not None:
+                    raise PolicyViolation(f"{where}: host {_shown(host)} {reason} (allowed: {listing})")
+                issue = login_issue(job.args)
+                if issue is not None:
+                    raise PolicyViolation(f"{where}: host {_shown(host)}: {issue}")
 
         return check

@@ -29,7 +29,6 @@ Result:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +40,15 @@ from services.jobs import ArgError, JobRegistry
 from services.jobs.http_call import parse_url
 from services.jobs.output import SECRET_PREFIX
 
-from ..registry import Check, ConfigError, PolicyViolation, guarded_jobs, parse_settings
+from ..registry import (
+    Check,
+    ConfigError,
+    PolicyViolation,
+    guarded_jobs,
+    guarded_uses,
+    json_object_pairs,
+    parse_settings,
+)
 from .allow_commands import secret_allowed, secret_patterns
 
 SHOWN_MAX = 200
@@ -93,13 +100,8 @@ def _secrets_named(args: dict[str, str]) -> list[str] | None:
     keys included), None when `headers` is not a JSON object."""
     values: list[object] = [args["body"]] if "body" in args else []
     if "headers" in args:
-        def hook(items: list[tuple[str, object]]) -> dict[str, object]:
-            values.extend(value for _, value in items)
-            return dict(items)
-
         try:
-            if not isinstance(json.loads(args["headers"], object_pairs_hook=hook), dict):
-                return None
+            values.extend(value for _, value in json_object_pairs(args["headers"]))
         except ValueError:
             return None
     return [v[len(SECRET_PREFIX):] for v in values if isinstance(v, str) and v.startswith(SECRET_PREFIX)]
@@ -126,27 +128,23 @@ class AllowUrls:
             return PolicyViolation(f"{where}: URL {_shown(url)} {why} (allowed: {listing})")
 
         def check(req: WorkReq) -> None:
-            for b, block in enumerate(req.blocks):
-                for j, job in enumerate(block.jobs):
-                    if job.name not in guarded:
-                        continue
-                    where = f"block {b} job {j} ({job.name})"
-                    url = job.args.get("url", "")
-                    try:
-                        scheme, netloc, path, _ = _split(parse_url(url))
-                    except ArgError as err:
-                        raise refuse(where, url, f"is not allowed: {err.message}") from None
-                    if _dot_segment_with_params(path):
-                        raise refuse(where, url, "is not allowed: it holds a '.;' or '..;' path segment")
-                    if not any(p.allows(scheme, netloc, path) for p in prefixes):
-                        raise refuse(where, url, "is not under an allowed prefix")
-                    named = _secrets_named(job.args)
-                    if named is None:
-                        raise PolicyViolation(f"{where}: URL {_shown(url)}: headers not allowed: not a JSON object")
-                    refused = sorted({name for name in named if not secret_allowed(name, secrets)})
-                    if refused:
-                        shown = ", ".join(repr(name[:100]) for name in refused[:10])
-                        raise PolicyViolation(f"{where}: URL {_shown(url)}: secret(s) {shown} not allowed "
-                                              f"(allowed secrets: {secrets_listing})")
+            for where, job in guarded_uses(req, guarded):
+                url = job.args.get("url", "")
+                try:
+                    scheme, netloc, path, _ = _split(parse_url(url))
+                except ArgError as err:
+                    raise refuse(where, url, f"is not allowed: {err.message}") from None
+                if _dot_segment_with_params(path):
+                    raise refuse(where, url, "is not allowed: it holds a '.;' or '..;' path segment")
+                if not any(p.allows(scheme, netloc, path) for p in prefixes):
+                    raise refuse(where, url, "is not under an allowed prefix")
+                named = _secrets_named(job.args)
+                if named is None:
+                    raise PolicyViolation(f"{where}: URL {_shown(url)}: headers not allowed: not a JSON object")
+                refused = sorted({name for name in named if not secret_allowed(name, secrets)})
+                if refused:
+                    shown = ", ".join(repr(name[:100]) for name in refused[:10])
+                    raise PolicyViolation(f"{where}: URL {_shown(url)}: secret(s) {shown} not allowed "
+                                          f"(allowed secrets: {secrets_listing})")
 
         return check
