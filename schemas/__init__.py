@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from . import subjects
+
 # Names that end up in KV keys and subject tokens.
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
@@ -381,26 +383,25 @@ JobEvent = JobStarted | JobCompleted | JobFailed
 
 def event_subject(ev: Event) -> str:
     """The subject an event is published on: `wf.evt.<id>.<event>` (contract)."""
-    base = f"wf.evt.{ev.id}"
     match ev:
         case WorkflowEnded():
-            return f"{base}.workflow.{ev.status}"
+            return subjects.workflow_state(ev.id, ev.status)
         case WorkflowStarted():
-            return f"{base}.workflow.started"
+            return subjects.workflow_state(ev.id, "started")
         case BlockStarted():
-            return f"{base}.block.{ev.block}.started"
+            return subjects.block_state(ev.id, ev.block, "started")
         case BlockEnded():
-            return f"{base}.block.{ev.block}.{ev.status}"
+            return subjects.block_state(ev.id, ev.block, ev.status)
         case JobStarted():
-            return f"{base}.job.{ev.block}.{ev.job}.started"
+            return subjects.job_event(ev.id, ev.block, ev.job, "started")
         case JobCompleted():
-            return f"{base}.job.{ev.block}.{ev.job}.completed"
+            return subjects.job_event(ev.id, ev.block, ev.job, "completed")
         case JobFailed():
-            return f"{base}.job.{ev.block}.{ev.job}.failed"
+            return subjects.job_event(ev.id, ev.block, ev.job, "failed")
         case Approval():
-            return f"{base}.approval.{ev.by}"
+            return subjects.approval(ev.id, ev.by)
         case _:
-            return f"{base}.{ev.__struct_config__.tag}"
+            return subjects.event(ev.id, str(ev.__struct_config__.tag))
 
 
 def event_msg_id(ev: Event) -> str:
@@ -429,8 +430,6 @@ class JobCommand(Struct, frozen=True, kw_only=True):
     workreq: str = ""  # the WorkReq's name, so runners can honour its emergency stop
 
 
-def job_command_subject(wf_id: str, block: int, job: int) -> str:
-    return f"wf.cmd.job.{wf_id}.{block}.{job}"
 
 
 # ---------------------------------------------------------------- codecs (reused, never rebuilt)

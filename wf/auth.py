@@ -26,12 +26,17 @@ from pathlib import Path
 
 import bcrypt
 
+from schemas.subjects import (
+    ES_GATE_MIRROR_PREFIX,
+    ES_GATE_PREFIX,
+    VIEW_DELIVER_PREFIX,
+    VIEW_EVENTS_PREFIX,
+    VIEW_JS_API,
+)
 from services.common.topology import (
     BUCKETS_BUCKET,
     CONFIG_BUCKET,
     ES_BUCKET,
-    ES_GATE_MIRROR_PREFIX,
-    ES_GATE_PREFIX,
     EVENTS_STREAM,
     EXECUTOR_CONSUMER,
     IDEMPOTENCY_BUCKET,
@@ -45,9 +50,6 @@ from services.common.topology import (
     STATUS_BUCKET,
     STATUS_CONSUMER,
     UPLOADS_BUCKET,
-    VIEW_DELIVER_PREFIX,
-    VIEW_EVENTS_PREFIX,
-    VIEW_JS_API,
     VIEW_MAX_CONSUMERS,
     VIEW_MIRRORS,
     WORKREQ_BUCKET,

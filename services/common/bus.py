@@ -25,7 +25,7 @@ from schemas import (
     encoder,
     event_msg_id,
     event_subject,
-    job_command_subject,
+    subjects,
 )
 
 from . import fastpath  # noqa: F401  (nats-py's hot paths, patched on import)
@@ -54,6 +54,12 @@ def tls_context() -> ssl.SSLContext | None:
 def server_urls(url: str) -> list[str]:
     """The servers of a `WF_NATS_URL`: one URL, or several comma-separated (a cluster)."""
     return [u.strip() for u in url.split(",")]
+
+
+def jetstream(nc: Client) -> JetStreamContext:
+    """The JetStream context every service builds in its main() (and passes down): the one place that
+    chooses how JetStream calls are made."""
+    return nc.jetstream()
 
 
 async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> Client:
@@ -125,7 +131,7 @@ async def publish_all(js: JetStreamContext, events: Iterable[Event], commands: I
             await js.publish_async(event_subject(ev), encoder.encode(ev), headers={MSG_ID: event_msg_id(ev)})
         )
     for cmd in commands:
-        subject = job_command_subject(cmd.id, cmd.block, cmd.job)
+        subject = subjects.job_command(cmd.id, cmd.block, cmd.job)
         futures.append(await js.publish_async(subject, encoder.encode(cmd), headers={MSG_ID: subject}))
     if futures:
         await asyncio.wait_for(asyncio.gather(*futures), timeout=ACK_TIMEOUT_S * 2)

@@ -22,6 +22,8 @@ from nats.js.api import (
     StreamSource,
 )
 
+from schemas import subjects
+
 EVENTS_STREAM = "WF_EVENTS"
 JOBS_STREAM = "WF_JOBS"
 STATUS_BUCKET = "wf_status"
@@ -63,6 +65,12 @@ EXECUTOR_ACK_WAIT_S = 6.0
 RUNNER_ACK_WAIT_S = 10.0
 STATUS_ACK_WAIT_S = 30.0  # events a dead wf-status held come again after this
 
+# The five services, by role, in the order `wf up` starts them (status before the executor, so the
+# projection follows from the first event). A service's NATS name, its process name and its
+# `$SRV.PING` name are `wf-<role>`; wf/auth.py gives each role its own user.
+SERVICE_ROLES = ("intake", "policy", "status", "executor", "jobrunner")
+SERVICE_NAMES = tuple(f"wf-{role}" for role in SERVICE_ROLES)
+
 # The people's read-only views (wf/auth.py, docs/security.md): streams in the PEOPLE account that the
 # server keeps in step with WF's. WF_EVENTS republishes every event once it is stored under
 # VIEW_EVENTS_PREFIX, which PEOPLE imports back onto `wf.evt.>` (its own WF_EVENTS stores them, and
@@ -71,17 +79,12 @@ STATUS_ACK_WAIT_S = 30.0  # events a dead wf-status held come again after this
 # VIEW_DELIVER_PREFIX.
 # Each service's own inbox prefix: what it alone may subscribe to (wf/auth.py), so no service sees
 # another's replies and deliveries, nor can publish into them (bus.connect uses it by name).
-SERVICE_INBOXES = {f"wf-{role}": f"_INBOX_{role}" for role in ("intake", "policy", "executor", "jobrunner", "status")}
-VIEW_EVENTS_PREFIX = "wf.view.evt"
+SERVICE_INBOXES = {f"wf-{role}": f"_INBOX_{role}" for role in SERVICE_ROLES}
 # A person's emergency-stop write (`$KV.wf_es.<name>`, from nats-py, `wf es` or the nats CLI) reaches
-# WF as `wf.gate.es.<name>`: wf-intake records who, when and why on it, then writes the bucket
+# WF as `wf.gate.es.<name>` (schemas/subjects.py): wf-intake records who, when and why on it, then writes the bucket
 # (services/intake/es_gate.py). People never write WF's bucket themselves.
-ES_GATE_PREFIX = "wf.gate.es"
 # the same gate for the nats CLI, which writes a mirrored bucket through the mirror's API prefix: an
 # export of its own, as nats-server shares the caller's identity with one import of an export only
-ES_GATE_MIRROR_PREFIX = "wf.gate.es_mirror"
-VIEW_DELIVER_PREFIX = "wf.view.mirror"
-VIEW_JS_API = "$JS.wf.API"
 VIEW_MIRRORS = (STATUS_BUCKET, ES_BUCKET)
 VIEW_MAX_CONSUMERS = 1000  # consumers a view holds at most (people's ordered consumers, watches)
 VIEW_CONSUMER_INACTIVE_S = 300.0  # the longest a person's consumer may stay unused; also its default
@@ -99,17 +102,17 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=EVENTS_STREAM,
-            subjects=["wf.evt.>"],
+            subjects=[subjects.ALL_EVENTS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
             allow_direct=True,
             num_replicas=replicas,
-            republish=RePublish(src="wf.evt.>", dest=f"{VIEW_EVENTS_PREFIX}.>"),
+            republish=RePublish(src=subjects.ALL_EVENTS, dest=f"{subjects.VIEW_EVENTS_PREFIX}.>"),
         ),
         StreamConfig(
             name=JOBS_STREAM,
-            subjects=["wf.cmd.>"],
+            subjects=[subjects.ALL_COMMANDS],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
@@ -132,12 +135,12 @@ def consumer_configs() -> dict[str, list[ConsumerConfig]]:
 
     return {
         EVENTS_STREAM: [
-            durable(POLICY_CONSUMER, "wf.evt.*.submitted", 30.0, 1000),
-            durable(EXECUTOR_CONSUMER, "wf.evt.*.exec_requested", EXECUTOR_ACK_WAIT_S, 20000),
-            durable(STATUS_CONSUMER, "wf.evt.>", STATUS_ACK_WAIT_S, 20000),
+            durable(POLICY_CONSUMER, subjects.any_workflow("submitted"), 30.0, 1000),
+            durable(EXECUTOR_CONSUMER, subjects.any_workflow("exec_requested"), EXECUTOR_ACK_WAIT_S, 20000),
+            durable(STATUS_CONSUMER, subjects.ALL_EVENTS, STATUS_ACK_WAIT_S, 20000),
         ],
         JOBS_STREAM: [
-            durable(RUNNER_CONSUMER, "wf.cmd.job.>", RUNNER_ACK_WAIT_S, 20000),
+            durable(RUNNER_CONSUMER, subjects.ALL_JOB_COMMANDS, RUNNER_ACK_WAIT_S, 20000),
         ],
     }
 
@@ -188,13 +191,13 @@ def view_configs(replicas: int = 1) -> list[StreamConfig]:
     views = [
         # WF's stream republishes only what it stored, each once: nothing to deduplicate here, and a
         # window as long as WF's would hold every event's Nats-Msg-Id in the server's memory for nothing
-        StreamConfig(name=EVENTS_STREAM, subjects=["wf.evt.>"], retention=RetentionPolicy.LIMITS,
+        StreamConfig(name=EVENTS_STREAM, subjects=[subjects.ALL_EVENTS], retention=RetentionPolicy.LIMITS,
                      duplicate_window=VIEW_DUPLICATE_WINDOW_S, max_msgs_per_subject=VIEW_MAX_PER_SUBJECT,
                      **common),  # type: ignore[arg-type]
     ]
     for bucket in VIEW_MIRRORS:
         stream = f"KV_{bucket}"
-        external = ExternalStream(api=VIEW_JS_API, deliver=f"{VIEW_DELIVER_PREFIX}.{bucket}")
+        external = ExternalStream(api=subjects.VIEW_JS_API, deliver=f"{subjects.VIEW_DELIVER_PREFIX}.{bucket}")
         views.append(StreamConfig(name=stream, mirror=StreamSource(name=stream, external=external),
                                   max_msgs_per_subject=1, discard=DiscardPolicy.NEW,
                                   **common))  # type: ignore[arg-type]

@@ -33,8 +33,9 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from schemas.subjects import ES_GATE_MIRROR_PREFIX, ES_GATE_PREFIX
 from services.common.identity import caller
-from services.common.topology import ES_BUCKET, ES_GATE_MIRROR_PREFIX, ES_GATE_PREFIX
+from services.common.topology import ES_BUCKET
 
 log = structlog.get_logger()
 

@@ -14,7 +14,7 @@ import nats
 import nats.js.errors
 import pytest
 
-from schemas import Approved, ExecRequested, JobCommand, WorkflowEnded, encoder, event_decoder, job_command_subject
+from schemas import Approved, ExecRequested, JobCommand, WorkflowEnded, encoder, event_decoder, subjects
 from services.common.bus import read_history
 from services.common.topology import EVENTS_STREAM, LEASES_BUCKET
 from tests.conftest import REPO, RunningSystem, eventually, processes, start_system, wait_for_port
@@ -280,7 +280,7 @@ async def test_replayed_events_and_commands(systems) -> None:  # type: ignore[no
             spec = submitted.req.blocks[0].jobs[job]  # type: ignore[union-attr]
             cmd = JobCommand(id=wf_ids[0], block=0, job=job, name=spec.name, args=spec.args, at=0.0,
                              workreq=submitted.req.name)  # type: ignore[union-attr]
-            await js.publish(job_command_subject(wf_ids[0], 0, job), encoder.encode(cmd),
+            await js.publish(subjects.job_command(wf_ids[0], 0, job), encoder.encode(cmd),
                              headers={"Nats-Msg-Id": f"replay-cmd-{job}"})
         report = await check_invariants(nc, wf_ids, reruns_allowed=False, ignore_seqs=frozenset(injected))
         assert_clean(report, system)

@@ -22,7 +22,7 @@ from schemas import (
     WorkflowEnded,
     encoder,
     event_decoder,
-    job_command_subject,
+    subjects,
     workreq_decoder,
 )
 from services.buckets import BucketConfig, BucketStore, load_bucket_configs
@@ -223,7 +223,7 @@ async def test_a_command_delivered_too_often_fails_saying_so_instead_of_hanging(
         for ev in (Submitted(id=wf_id, at=1.0, req=req), Approved(id=wf_id, at=1.0), ExecRequested(id=wf_id, at=1.0)):
             await publish_event(js, ev)  # a real, executing workflow: the runner's defence lets it through
         cmd = JobCommand(id=wf_id, block=0, job=0, name="sleep", args={"seconds": "1"}, at=time.time(), workreq="SleepDemo")
-        await js.publish(job_command_subject(wf_id, 0, 0), encoder.encode(cmd))
+        await js.publish(subjects.job_command(wf_id, 0, 0), encoder.encode(cmd))
         sub = await js.pull_subscribe_bind(durable=RUNNER_CONSUMER, stream=JOBS_STREAM)
         for _ in range(5):  # five runners took it and vanished
             (msg,) = await sub.fetch(1, timeout=5)

@@ -155,7 +155,7 @@ async def test_an_operator_may_flip_emergency_stops_a_client_may_not(system):
 async def test_a_forged_command_in_the_work_queue_is_refused_and_recorded(system):
     """Defence in depth: even a command that got into WF_JOBS (here, by the admin) must match an
     executing workflow's approved WorkReq, or no runner runs it."""
-    from schemas import JobCommand, encoder, job_command_subject
+    from schemas import JobCommand, encoder, subjects
     from services.common.ids import new_id
 
     admin = await nats.connect(system.url)
@@ -168,8 +168,8 @@ async def test_a_forged_command_in_the_work_queue_is_refused_and_recorded(system
             JobCommand(id=approved, block=0, job=0, name="sleep", args={"seconds": "1"}, at=1.0, workreq="SleepDemo"),
         ]
         for cmd in forgeries:
-            await js.publish(job_command_subject(cmd.id, cmd.block, cmd.job), encoder.encode(cmd))
-        await js.publish(job_command_subject(never_submitted, 0, 1), b"{not a command")  # malformed: terminated too
+            await js.publish(subjects.job_command(cmd.id, cmd.block, cmd.job), encoder.encode(cmd))
+        await js.publish(subjects.job_command(never_submitted, 0, 1), b"{not a command")  # malformed: terminated too
 
         async def refused_twice():
             return system.log_path.read_text().count("forged_command_refused") >= 2
