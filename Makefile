@@ -15,7 +15,7 @@ UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --universal --python
 
 CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
 
-.PHONY: demo test test-latest lock up soak clean sshd
+.PHONY: demo test lint test-latest lock up soak clean sshd
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(CHECK_PYTHON)
@@ -30,8 +30,13 @@ demo: $(VENV)/.installed
 up: $(VENV)/.installed
 	$(VENV)/bin/wf up
 
-test: $(VENV)/.installed sshd
+test: lint sshd
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (pyproject.toml's rules) over everything, mypy (strict on services/ and schemas/, checked on wf/)
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # the ssh job's tests start a real sshd (tests/sshd.py): install Debian's openssh-server when
 # /usr/sbin/sshd is missing and apt-get is there (as root, or with password-less sudo; quietly,

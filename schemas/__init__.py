@@ -45,12 +45,14 @@ class Job(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 class Block(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     desc: str = ""
+    # The contract's name, and the seed's: not a rate but the most of this block's jobs in flight at
+    # once (dispatched and not ended), enforced by the executor (services/executor/progress.py).
     rate_limit: RateLimit = 0
     jobs: Annotated[list[Job], Meta(min_length=1)]
 
     @property
-    def effective_rate_limit(self) -> int:
-        """The seed's rule: a rate limit below 1 means 1."""
+    def jobs_in_flight_cap(self) -> int:
+        """`rate_limit` as the executor applies it: the seed's rule, below 1 means 1."""
         return max(1, self.rate_limit)
 
 
@@ -242,9 +244,9 @@ class StoredReq(Struct, frozen=True, kw_only=True):
     workreq: str  # the WorkReq's name, readable without fetching it
 
 
-class Submitted(_Event, tag="submitted"):
+class Submitted(_Event, frozen=True, tag="submitted"):
     """Carries the WorkReq itself, or (when the event would exceed the server's max payload) where
-    it is stored: `services.common.workreqs.load` gives the WorkReq either way."""
+    it is stored: `services.workreqs.load` gives the WorkReq either way."""
 
     req: WorkReq | None = None
     req_stored: StoredReq | None = None
@@ -257,7 +259,7 @@ class Submitted(_Event, tag="submitted"):
         return self.req_stored.workreq if self.req_stored is not None else ""
 
 
-class Approved(_Event, tag="approved"):
+class Approved(_Event, frozen=True, tag="approved"):
     """The policies passed. `approvals_needed` > 0 (the requireApproval policy): exec waits for that many
     distinct people, none of them the submitter, of at least `approver_role`, to approve (0 and "" in
     events older than these fields: no approval needed)."""
@@ -266,35 +268,35 @@ class Approved(_Event, tag="approved"):
     approver_role: str = ""
 
 
-class Approval(_Event, tag="approval"):
+class Approval(_Event, frozen=True, tag="approval"):
     """A person approved the workflow (`wf.api.approve`); on `wf.evt.<id>.approval.<by>`, one per person."""
 
     by: str
     comment: str = ""
 
 
-class Denied(_Event, tag="denied"):
+class Denied(_Event, frozen=True, tag="denied"):
     """A person denied the workflow (`wf.api.deny`): it ends rejected, never to be executed."""
 
     by: str
     comment: str
 
 
-class Rejected(_Event, tag="rejected"):
+class Rejected(_Event, frozen=True, tag="rejected"):
     reason: str
 
 
-class ExecRequested(_Event, tag="exec_requested"):
+class ExecRequested(_Event, frozen=True, tag="exec_requested"):
     by: str = ""  # who asked (services/common/identity.py); "" in events older than this field
 
 
-class CancelRequested(_Event, tag="cancel_requested"):
+class CancelRequested(_Event, frozen=True, tag="cancel_requested"):
     """`wf.api.cancel`: stop this one workflow as an emergency stop would."""
 
     by: str = ""  # who asked (services/common/identity.py); "" in events older than this field
 
 
-class Paused(_Event, tag="paused"):
+class Paused(_Event, frozen=True, tag="paused"):
     """`wf.api.pause`: dispatch nothing new for this workflow until it is resumed; its running jobs
     finish. `n` numbers the workflow's pauses (1, 2, ...): paused while the highest `n` paused is above
     the highest resumed, whatever order the events are read in."""
@@ -303,18 +305,18 @@ class Paused(_Event, tag="paused"):
     by: str = ""
 
 
-class Resumed(_Event, tag="resumed"):
+class Resumed(_Event, frozen=True, tag="resumed"):
     """`wf.api.resume`: ends pause number `n`; dispatch goes on where it stopped."""
 
     n: int
     by: str = ""
 
 
-class WorkflowStarted(_Event, tag="workflow.started"):
+class WorkflowStarted(_Event, frozen=True, tag="workflow.started"):
     pass
 
 
-class WorkflowEnded(_Event, tag="workflow.ended"):
+class WorkflowEnded(_Event, frozen=True, tag="workflow.ended"):
     status: Literal["completed", "failed"]
     had_errors: bool = False
     was_es_stopped: bool = False
@@ -322,23 +324,23 @@ class WorkflowEnded(_Event, tag="workflow.ended"):
     stopped_by: str = ""
 
 
-class BlockStarted(_Event, tag="block.started"):
+class BlockStarted(_Event, frozen=True, tag="block.started"):
     block: int
 
 
-class BlockEnded(_Event, tag="block.ended"):
+class BlockEnded(_Event, frozen=True, tag="block.ended"):
     block: int
     status: Literal["completed", "failed"]
     has_error: bool = False
 
 
-class JobStarted(_Event, tag="job.started"):
+class JobStarted(_Event, frozen=True, tag="job.started"):
     block: int
     job: int
     attempt: int = 1
 
 
-class JobCompleted(_Event, tag="job.completed"):
+class JobCompleted(_Event, frozen=True, tag="job.completed"):
     block: int
     job: int
     attempt: int = 1
@@ -350,7 +352,7 @@ class JobCompleted(_Event, tag="job.completed"):
 ES_CANCELLED = "cancelled: emergency stop"
 
 
-class JobFailed(_Event, tag="job.failed", kw_only=True):
+class JobFailed(_Event, frozen=True, tag="job.failed", kw_only=True):
     block: int
     job: int
     attempt: int = 1

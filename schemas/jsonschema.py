@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ TYPES: dict[str, Any] = {
     "StatusSummary": s.StatusSummary,
     "Event": s.Event,
     "JobCommand": s.JobCommand,
-    **{cls.__name__: cls for cls in s.Event.__args__},  # type: ignore[attr-defined]
+    **{cls.__name__: cls for cls in typing.get_args(s.Event)},
 }
 
 TITLES = {
@@ -73,7 +74,7 @@ def normalize(schema: Any) -> Any:
         return [normalize(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in schema.items():
         if key == "description" and isinstance(value, str):
             out[key] = normalize_text(value)

@@ -25,6 +25,11 @@ def workflow_events(wf_id: str) -> str:
     return f"{EVENTS_ROOT}.{wf_id}.>"
 
 
+def workflow_id(event_subject: str) -> str:
+    """The workflow id of an event's subject (`wf.evt.<id>.<event>`)."""
+    return event_subject.split(".", 3)[2]
+
+
 def any_workflow(kind: str) -> str:
     """One kind of event, of every workflow: `any_workflow("submitted")` is `wf.evt.*.submitted`."""
     return f"{EVENTS_ROOT}.*.{kind}"
@@ -104,6 +109,7 @@ def micro_stats(service: str) -> str:
     return f"$SRV.STATS.{service}"
 
 
+JS_ROOT = "$JS"  # every JetStream subject: its API, acks, flow control
 JS_API = "$JS.API"
 JS_ACK_ROOT = "$JS.ACK"
 JS_FLOW_CONTROL = "$JS.FC.>"  # replies to a push (ordered) consumer's flow control
@@ -120,3 +126,30 @@ VIEW_JS_API = "$JS.wf.API"
 # the nats CLI writing the mirrored bucket, `wf.gate.es_mirror.<name>`): services/safety/gate.py.
 ES_GATE_PREFIX = "wf.gate.es"
 ES_GATE_MIRROR_PREFIX = "wf.gate.es_mirror"
+
+
+# ---------------------------------------------------------------- JetStream's API, object stores, inboxes
+
+
+def js_api(*tokens: str) -> str:
+    """`$JS.API.<tokens>`: `js_api("CONSUMER", "CREATE", stream)` is `$JS.API.CONSUMER.CREATE.<stream>`."""
+    return ".".join((JS_API, *tokens))
+
+
+def js_ack(*tokens: str) -> str:
+    """`$JS.ACK.<tokens>`: the subjects a consumer's messages are acknowledged on."""
+    return ".".join((JS_ACK_ROOT, *tokens))
+
+
+def obj_all(bucket: str) -> str:
+    """Every subject of an object store bucket (its chunks and its meta): `$O.<bucket>.>`."""
+    return f"$O.{bucket}.>"
+
+
+INBOX_ALL = "_INBOX.>"  # nats-py's reply inboxes (a service's own are SERVICE_INBOXES in topology.py)
+IMPORT_REPLIES_ALL = "_R_.>"  # replies to requests that came through an account import (people's)
+
+
+def micro_ping_instance(service: str, instance_id: str) -> str:
+    """`$SRV.PING.<service>.<id>`: one instance of a micro service (`wf ping --id-file`)."""
+    return f"{micro_ping(service)}.{instance_id}"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +15,9 @@ from typing import TypeVar
 import nats
 import pytest
 
+from services.common.topology import SERVICE_ROLES
 from tests.procs import descendants
+from wf import launch
 from wf.up import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ class RunningSystem:
 
     def read_urls(self) -> None:
         def url(role: str) -> str:
-            return (self.data_dir / f"{role}.env").read_text().strip().partition("=")[2]
+            return launch.env_url(self.data_dir, role)
 
         self.url, self.client_url, self.operator_url = url("admin"), url("client"), url("operator")
 
@@ -43,29 +43,21 @@ class RunningSystem:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
+        return launch.stop(self.proc, timeout_s)
 
 
 def start_system(
     tmp: Path, *args: str, config_dir: Path = REPO / "configs", env: dict[str, str] | None = None, ready_s: float = 60
 ) -> RunningSystem:
-    data_dir = tmp / "data"
-    log_path = tmp / "wf-up.log"
-    port = free_port()
-    argv = [sys.executable, "-m", "wf.cli", "up", "--nats-port", str(port), "--data-dir", str(data_dir),
-            "--config-dir", str(config_dir), *args]
-    env = {**os.environ, "WF_LOG_LEVEL": "info", **(env or {})}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    system = RunningSystem(proc, data_dir, log_path, f"nats://127.0.0.1:{port}")
-    deadline = time.monotonic() + ready_s
-    while not (data_dir / "client.env").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            system.stop()
-            pytest.fail(f"wf up was not ready (exit {proc.returncode}):\n{system.log_tail()}")
-        time.sleep(0.05)
+    """`wf up ARGS` (wf/launch.py) in `tmp` (store in tmp/data, log in tmp/wf-up.log), ready within `ready_s`."""
+    up = launch.start(tmp / "data", *args, log_path=tmp / "wf-up.log", config_dir=config_dir,
+                      env={**os.environ, "WF_LOG_LEVEL": "info", **(env or {})}, cwd=tmp, with_parent=False)
+    system = RunningSystem(up.proc, up.data_dir, up.log_path, f"nats://127.0.0.1:{up.port}")
+    try:
+        up.wait_ready(ready_s)
+    except launch.NotReady:
+        system.stop()
+        pytest.fail(f"wf up was not ready (exit {up.proc.returncode}):\n{system.log_tail()}")
     system.read_urls()
     return system
 
@@ -114,7 +106,7 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         await asyncio.sleep(0.05)
 
 
-SERVICE_MODULES = ("intake", "policy", "executor", "jobrunner", "status")
+SERVICE_MODULES = SERVICE_ROLES  # each runs as `python -m services.<role>`
 
 
 def processes(root_pid: int) -> dict[str, list[int]]:

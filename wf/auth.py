@@ -19,19 +19,21 @@ writes `wf_status`; only the admin creates, deletes or purges streams, consumers
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 
+from schemas import subjects
 from schemas.subjects import (
     ES_GATE_MIRROR_PREFIX,
     ES_GATE_PREFIX,
     VIEW_DELIVER_PREFIX,
     VIEW_EVENTS_PREFIX,
     VIEW_JS_API,
+    js_ack,
+    js_api,
 )
 from services.common.topology import (
     BUCKETS_BUCKET,
@@ -47,6 +49,8 @@ from services.common.topology import (
     POLICY_CONSUMER,
     RUNNER_CONSUMER,
     SERVICE_INBOXES,
+    SERVICE_NAMES,
+    SERVICE_ROLES,
     STATUS_BUCKET,
     STATUS_CONSUMER,
     UPLOADS_BUCKET,
@@ -55,43 +59,46 @@ from services.common.topology import (
     WORKREQ_BUCKET,
 )
 
+from . import settings
+
 WF_ACCOUNT = "WF"
 PEOPLE_ACCOUNT = "PEOPLE"
-INBOX = "_INBOX.>"
-FLOW_CONTROL = "$JS.FC.>"  # replies to a push (ordered) consumer's flow control
-MICRO = "$SRV.>"
+INBOX = subjects.INBOX_ALL
+FLOW_CONTROL = subjects.JS_FLOW_CONTROL  # replies to a push (ordered) consumer's flow control
+MICRO = subjects.MICRO_ALL
+IMPORT_REPLIES = subjects.IMPORT_REPLIES_ALL
 
 
 def js_read(stream: str) -> list[str]:
     """Get messages of a stream (direct or not) and its info."""
-    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
-            f"$JS.API.STREAM.MSG.GET.{stream}"]
+    return [js_api("STREAM", "INFO", stream), js_api("DIRECT", "GET", stream), js_api("DIRECT", "GET", stream, ">"),
+            js_api("STREAM", "MSG", "GET", stream)]
 
 
 def js_follow(stream: str) -> list[str]:
     """Create ordered or ephemeral consumers on a stream (they expire on their own)."""
-    return [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
-            f"$JS.API.CONSUMER.INFO.{stream}.>", FLOW_CONTROL]
+    return [js_api("CONSUMER", "CREATE", stream), js_api("CONSUMER", "CREATE", stream, ">"),
+            js_api("CONSUMER", "INFO", stream, ">"), FLOW_CONTROL]
 
 
 def js_pull_own(stream: str) -> list[str]:
     """Pull from and acknowledge consumers on a stream (nats.js's ordered consumer pulls). Nobody but
     the server deletes them: an unused one goes after VIEW_CONSUMER_INACTIVE_S."""
-    return [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>", f"$JS.ACK.*.*.{stream}.>"]
+    return [js_api("CONSUMER", "MSG", "NEXT", stream, ">"), js_ack(stream, ">"), js_ack("*", "*", stream, ">")]
 
 
 # Creating a consumer by name creates it or *updates* it: no service may name another's durable.
 DURABLES = [(EVENTS_STREAM, POLICY_CONSUMER), (EVENTS_STREAM, EXECUTOR_CONSUMER), (EVENTS_STREAM, STATUS_CONSUMER),
             (JOBS_STREAM, RUNNER_CONSUMER)]
 PROTECTED = [s for stream, name in DURABLES
-             for s in (f"$JS.API.CONSUMER.CREATE.{stream}.{name}", f"$JS.API.CONSUMER.CREATE.{stream}.{name}.>")]
-PROTECTED.append("$JS.API.CONSUMER.DURABLE.CREATE.>")
+             for s in (js_api("CONSUMER", "CREATE", stream, name), js_api("CONSUMER", "CREATE", stream, name, ">"))]
+PROTECTED.append(js_api("CONSUMER", "DURABLE", "CREATE", ">"))
 
 
 def js_pull(stream: str, consumer: str) -> list[str]:
     """Work from one durable pull consumer: fetch and acknowledge."""
-    return [f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-            f"$JS.ACK.{stream}.{consumer}.>"]
+    return [js_api("CONSUMER", "INFO", stream, consumer), js_api("CONSUMER", "MSG", "NEXT", stream, consumer),
+            js_ack(stream, consumer, ">")]
 
 
 def kv_read(bucket: str) -> list[str]:
@@ -99,18 +106,18 @@ def kv_read(bucket: str) -> list[str]:
 
 
 def kv_write(bucket: str) -> list[str]:
-    return [f"$KV.{bucket}.>"]
+    return [subjects.kv_all(bucket)]
 
 
 def obj_read(bucket: str) -> list[str]:
     """Get objects: their meta message, then their chunks through an ordered consumer (nats-py finds
     the chunks' stream by subject: STREAM.NAMES)."""
-    return [*js_read(f"OBJ_{bucket}"), *js_follow(f"OBJ_{bucket}"), "$JS.API.STREAM.NAMES"]
+    return [*js_read(f"OBJ_{bucket}"), *js_follow(f"OBJ_{bucket}"), js_api("STREAM", "NAMES")]
 
 
 def obj_write(bucket: str) -> list[str]:
     """Put objects (a failed put purges its own chunks)."""
-    return [*obj_read(bucket), f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.OBJ_{bucket}"]
+    return [*obj_read(bucket), subjects.obj_all(bucket), js_api("STREAM", "PURGE", f"OBJ_{bucket}")]
 
 
 @dataclass(frozen=True)
@@ -130,13 +137,15 @@ def _role(name: str, account: str, publish: list[str], subscribe: list[str], den
     received, but the server then tracks the reply subject of every message a service receives,
     every JetStream delivery included: measured, it cost the server memory and CPU on each job.)"""
     deny_list = deny if deny is not None else ([] if name == "admin" else PROTECTED)
-    own_inbox = SERVICE_INBOXES.get(f"wf-{name}")
+    own_inbox = SERVICE_INBOXES.get(_SERVICE_NAME.get(name, ""))
     if own_inbox:
         return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])),
                     tuple(dict.fromkeys([*subscribe, f"{own_inbox}.>"])), tuple(deny_list))
     return Role(name, account, tuple(dict.fromkeys([*publish, INBOX])), tuple(dict.fromkeys([*subscribe, INBOX])),
                 tuple(deny_list))
 
+
+_SERVICE_NAME = dict(zip(SERVICE_ROLES, SERVICE_NAMES, strict=True))  # role -> its micro service's name
 
 VIEW_STREAMS = [EVENTS_STREAM, *(f"KV_{bucket}" for bucket in VIEW_MIRRORS)]
 
@@ -147,13 +156,13 @@ def _view_read(stream: str) -> list[str]:
 
 # A person reads the views (and finds WF_EVENTS by subject, as nats-py's js.subscribe does) and
 # calls the API; nothing else. Durable consumers are theirs to make on a view, bounded like any other.
-PERSON_PUBLISH = ["wf.api.>", MICRO, "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+PERSON_PUBLISH = [subjects.ALL_API, MICRO, js_api("INFO"), js_api("STREAM", "NAMES"),
                   *_view_read(EVENTS_STREAM), *_view_read(f"KV_{STATUS_BUCKET}")]
 # What a person may never publish in their own account: into the views' inputs (the live events the
 # views are fed with, the mirrors' deliveries and the JetStream API they use in WF).
-PERSON_DENY = ["wf.evt.>", f"{VIEW_DELIVER_PREFIX}.>", f"{VIEW_JS_API}.CONSUMER.>", f"{VIEW_JS_API}.STREAM.>"]
+PERSON_DENY = [subjects.ALL_EVENTS, f"{VIEW_DELIVER_PREFIX}.>", f"{VIEW_JS_API}.CONSUMER.>", f"{VIEW_JS_API}.STREAM.>"]
 OPERATOR_PUBLISH = [*PERSON_PUBLISH, *_view_read(f"KV_{ES_BUCKET}"), *kv_write(ES_BUCKET),
-                    f"{VIEW_JS_API}.$KV.{ES_BUCKET}.>"]
+                    f"{VIEW_JS_API}.{subjects.kv_all(ES_BUCKET)}"]
 PERSON_ROLES = ("client", "operator")
 
 ROLES: dict[str, Role] = {
@@ -161,56 +170,56 @@ ROLES: dict[str, Role] = {
     for role in [
         _role("admin", WF_ACCOUNT, [">"], [">"]),
         _role("intake", WF_ACCOUNT,
-              ["wf.evt.*.submitted", "wf.evt.*.exec_requested", "wf.evt.*.cancel_requested",
-               "wf.evt.*.approval.*", "wf.evt.*.denied", "wf.evt.*.paused", "wf.evt.*.resumed",
+              [*(subjects.any_workflow(kind) for kind in ("submitted", "exec_requested", "cancel_requested",
+                                                         "approval.*", "denied", "paused", "resumed")),
                *kv_read(PEOPLE_BUCKET),
                *js_read(EVENTS_STREAM), *kv_read(CONFIG_BUCKET), *kv_read(ES_BUCKET),
                *kv_read(IDEMPOTENCY_BUCKET), *kv_write(IDEMPOTENCY_BUCKET), *kv_read(UPLOADS_BUCKET),
-               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET), *kv_write(ES_BUCKET), "_R_.>"],
-              ["wf.api.submit", "wf.api.exec", "wf.api.cancel", "wf.api.upload", "wf.api.approve", "wf.api.deny",
-               "wf.api.pause", "wf.api.resume",
-               "wf.evt.*.approved",
-               "wf.evt.*.rejected", f"{ES_GATE_PREFIX}.>", f"{ES_GATE_MIRROR_PREFIX}.>", MICRO]),
+               *kv_write(UPLOADS_BUCKET), *obj_write(WORKREQ_BUCKET), *kv_write(ES_BUCKET), IMPORT_REPLIES],
+              [*(subjects.api(endpoint) for endpoint in ("submit", "exec", "cancel", "upload", "approve", "deny",
+                                                          "pause", "resume")),
+               subjects.any_workflow("approved"),
+               subjects.any_workflow("rejected"), f"{ES_GATE_PREFIX}.>", f"{ES_GATE_MIRROR_PREFIX}.>", MICRO]),
         _role("policy", WF_ACCOUNT,
-              ["wf.evt.*.approved", "wf.evt.*.rejected", *js_read(EVENTS_STREAM),
+              [subjects.any_workflow("approved"), subjects.any_workflow("rejected"), *js_read(EVENTS_STREAM),
                *js_pull(EVENTS_STREAM, POLICY_CONSUMER), *kv_read(CONFIG_BUCKET), *kv_write(CONFIG_BUCKET),
-               *obj_read(WORKREQ_BUCKET), "_R_.>"],
+               *obj_read(WORKREQ_BUCKET), IMPORT_REPLIES],
               [MICRO]),
         _role("executor", WF_ACCOUNT,
-              ["wf.evt.*.workflow.>", "wf.evt.*.block.>", "wf.cmd.job.>", *js_read(EVENTS_STREAM),
+              [subjects.any_workflow("workflow.>"), subjects.any_workflow("block.>"), subjects.ALL_JOB_COMMANDS,
+               *js_read(EVENTS_STREAM),
                *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, EXECUTOR_CONSUMER), *js_read(JOBS_STREAM),
                *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
                *kv_write(BUCKETS_BUCKET), *kv_read(LEASES_BUCKET), *kv_write(LEASES_BUCKET), *obj_read(WORKREQ_BUCKET),
-               "_R_.>"],
+               IMPORT_REPLIES],
               [MICRO]),
         _role("jobrunner", WF_ACCOUNT,
-              ["wf.evt.*.job.>", *js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM),
+              [subjects.any_workflow("job.>"), *js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM),
                *js_pull(JOBS_STREAM, RUNNER_CONSUMER), *kv_read(ES_BUCKET), *kv_read(BUCKETS_BUCKET),
                *kv_write(BUCKETS_BUCKET), *obj_read(WORKREQ_BUCKET), *kv_read(OUTPUT_BUCKET),
-               *kv_write(OUTPUT_BUCKET), "_R_.>"],
+               *kv_write(OUTPUT_BUCKET), IMPORT_REPLIES],
               [MICRO]),
         _role("status", WF_ACCOUNT,
               [*js_read(EVENTS_STREAM), *js_follow(EVENTS_STREAM), *js_pull(EVENTS_STREAM, STATUS_CONSUMER),
                *kv_read(STATUS_BUCKET), *kv_write(STATUS_BUCKET), *obj_read(WORKREQ_BUCKET), *kv_read(OUTPUT_BUCKET),
-               "_R_.>"],
-              ["wf.api.status", "wf.api.logs", MICRO]),
+               IMPORT_REPLIES],
+              [subjects.api("status"), subjects.api("logs"), MICRO]),
         # Keeps the views in PEOPLE in place (used by `wf up` and `wf setup`, never by a person).
         _role("views", PEOPLE_ACCOUNT,
-              ["$JS.API.INFO", *(f"$JS.API.STREAM.{verb}.{stream}" for stream in VIEW_STREAMS
+              [js_api("INFO"), *(js_api("STREAM", verb, stream) for stream in VIEW_STREAMS
                                  for verb in ("CREATE", "UPDATE", "INFO"))],
               [], deny=[]),
-        _role("client", PEOPLE_ACCOUNT, PERSON_PUBLISH, ["wf.evt.>"], deny=PERSON_DENY),
-        _role("operator", PEOPLE_ACCOUNT, OPERATOR_PUBLISH, ["wf.evt.>"], deny=PERSON_DENY),
+        _role("client", PEOPLE_ACCOUNT, PERSON_PUBLISH, [subjects.ALL_EVENTS], deny=PERSON_DENY),
+        _role("operator", PEOPLE_ACCOUNT, OPERATOR_PUBLISH, [subjects.ALL_EVENTS], deny=PERSON_DENY),
     ]
 }
-SERVICE_ROLES = ("intake", "policy", "executor", "jobrunner", "status")
 
 
 def _exports() -> list[dict[str, object]]:
     """What WF offers PEOPLE (and nobody else)."""
     people = [PEOPLE_ACCOUNT]
     exports: list[dict[str, object]] = [
-        {"service": "wf.api.>", "accounts": people},
+        {"service": subjects.ALL_API, "accounts": people},
         {"service": MICRO, "response_type": "stream", "accounts": people},
         {"stream": f"{VIEW_EVENTS_PREFIX}.>", "accounts": people},
         {"stream": f"{VIEW_DELIVER_PREFIX}.>", "accounts": people},
@@ -220,8 +229,8 @@ def _exports() -> list[dict[str, object]]:
     ]
     for bucket in VIEW_MIRRORS:
         stream = f"KV_{bucket}"
-        for subject in (f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
-                        f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>"):
+        for subject in (js_api("CONSUMER", "CREATE", stream), js_api("CONSUMER", "CREATE", stream, ">"),
+                        js_api("CONSUMER", "DELETE", stream, ">"), js_api("CONSUMER", "INFO", stream, ">")):
             exports.append({"service": subject, "accounts": people})
     return exports
 
@@ -236,21 +245,21 @@ def _imports() -> list[dict[str, object]]:
             entry["share"] = True
         return entry
 
-    imports = [
-        service("wf.api.>", share=True),
+    imports: list[dict[str, object]] = [
+        service(subjects.ALL_API, share=True),
         service(MICRO),
-        {"stream": {"account": WF_ACCOUNT, "subject": f"{VIEW_EVENTS_PREFIX}.>"}, "to": "wf.evt.>"},
+        {"stream": {"account": WF_ACCOUNT, "subject": f"{VIEW_EVENTS_PREFIX}.>"}, "to": subjects.ALL_EVENTS},
         {"stream": {"account": WF_ACCOUNT, "subject": f"{VIEW_DELIVER_PREFIX}.>"}},
         service(FLOW_CONTROL),
         # an emergency stop from nats-py (`$KV.wf_es.<name>`) or from the nats CLI, which writes to a
         # mirrored bucket through the mirror's API prefix; both reach wf-intake's gate, with who did it
-        service(f"{ES_GATE_PREFIX}.>", to=f"$KV.{ES_BUCKET}.>", share=True),
-        service(f"{ES_GATE_MIRROR_PREFIX}.>", to=f"{VIEW_JS_API}.$KV.{ES_BUCKET}.>", share=True),
+        service(f"{ES_GATE_PREFIX}.>", to=subjects.kv_all(ES_BUCKET), share=True),
+        service(f"{ES_GATE_MIRROR_PREFIX}.>", to=f"{VIEW_JS_API}.{subjects.kv_all(ES_BUCKET)}", share=True),
     ]
     for exported in _exports():
         subject = str(exported.get("service", ""))
-        if subject.startswith("$JS.API.CONSUMER."):
-            imports.append(service(subject, to=VIEW_JS_API + subject.removeprefix("$JS.API")))
+        if subject.startswith(js_api("CONSUMER", "")):
+            imports.append(service(subject, to=VIEW_JS_API + subject.removeprefix(subjects.JS_API)))
     return imports
 
 
@@ -287,16 +296,10 @@ def system_users(credentials: dict[str, str]) -> dict[str, list[dict[str, object
     return users
 
 
-DEFAULT_PEOPLE_STORE_BYTES = 10 * 1024**3
-
-
 def people_store_bytes() -> int:
-    """The most the PEOPLE account's views may store on disk (WF_PEOPLE_STORE_BYTES, default 10 GiB):
-    what a person abusing a push consumer can fill at worst; WF's own store is not part of it."""
-    try:
-        return max(1, int(os.environ.get("WF_PEOPLE_STORE_BYTES", DEFAULT_PEOPLE_STORE_BYTES)))
-    except ValueError:
-        return DEFAULT_PEOPLE_STORE_BYTES
+    """The most the PEOPLE account's views may store on disk (settings.people_store_bytes): what a
+    person abusing a push consumer can fill at worst; WF's own store is not part of it."""
+    return settings.people_store_bytes()
 
 
 def accounts_block(users: dict[str, list[dict[str, object]]] | None = None,

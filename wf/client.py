@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import uuid
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import nats.errors
 from nats.aio.client import Client
 
+from schemas import subjects
+from services.common.requester import Requester
 from services.common.settings import DEFAULT_NATS_URL
-from services.common.workreqs import fits, max_body
+from services.workreqs import fits, max_body
+
+from . import settings
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -31,7 +35,7 @@ class WfError(Exception):
 
 def nats_url(data_dir: Path = Path(".wf"), role: str = "client") -> str:
     """WF_NATS_URL, else the URL in `<data-dir>/<role>.env` of a local `wf up`, else the default."""
-    url = os.environ.get("WF_NATS_URL")
+    url = settings.nats_url()
     if url:
         return url
     env_file = data_dir / f"{role}.env"
@@ -41,6 +45,18 @@ def nats_url(data_dir: Path = Path(".wf"), role: str = "client") -> str:
             if key.strip() == "WF_NATS_URL" and value.strip():
                 return value.strip()
     return DEFAULT_NATS_URL
+
+
+_REQUESTERS: WeakKeyDictionary[Client, Requester] = WeakKeyDictionary()
+
+
+def requester(nc: Client) -> Requester:
+    """The connection's Requester (services/common/requester.py: one reply subscription, no task or
+    timer per request), made on its first request: `wf bench` submits thousands a second through it."""
+    made = _REQUESTERS.get(nc)
+    if made is None:
+        made = _REQUESTERS[nc] = Requester(nc)
+    return made
 
 
 class Unreachable(Exception):
@@ -61,7 +77,7 @@ async def call(
     if url is not None and url.username:
         headers = {"Wf-Actor": url.username, **(headers or {})}
     try:
-        msg = await nc.request(subject, body, timeout=timeout_s, headers=headers)
+        msg = await requester(nc).request(subject, body, timeout=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:
         raise Unreachable(f"no service answers {subject}; is `wf up` running? start it, or point WF_NATS_URL "
                           "at the server it runs") from None
@@ -100,7 +116,7 @@ async def upload(nc: Client, workreq: bytes, attempts: int = SUBMIT_ATTEMPTS) ->
     size = max(1024, max_body(nc.max_payload))
     parts = [workreq[i:i + size] for i in range(0, len(workreq), size)]
     for i, part in enumerate(parts):
-        await _retrying(nc, "wf.api.upload", part, {"Wf-Upload": upload_id, "Wf-Upload-Part": str(i)}, attempts)
+        await _retrying(nc, subjects.api("upload"), part, {"Wf-Upload": upload_id, "Wf-Upload-Part": str(i)}, attempts)
     return {"Wf-Upload": upload_id, "Wf-Upload-Parts": str(len(parts))}
 
 
@@ -112,40 +128,40 @@ async def submit(nc: Client, workreq: bytes, key: str | None = None, attempts: i
     if not fits(nc.max_payload, len(workreq)):
         headers.update(await upload(nc, workreq, attempts))
         workreq = b""
-    return await _retrying(nc, "wf.api.submit", workreq, headers, attempts)
+    return await _retrying(nc, subjects.api("submit"), workreq, headers, attempts)
 
 
 async def execute(nc: Client, wf_id: str) -> dict[str, Any]:
-    return await call(nc, "wf.api.exec", json.dumps({"id": wf_id}).encode())
+    return await call(nc, subjects.api("exec"), json.dumps({"id": wf_id}).encode())
 
 
 async def status(nc: Client, wf_id: str, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-    return await call(nc, "wf.api.status", json.dumps({"id": wf_id}).encode(), timeout_s=timeout_s)
+    return await call(nc, subjects.api("status"), json.dumps({"id": wf_id}).encode(), timeout_s=timeout_s)
 
 
 async def cancel(nc: Client, wf_id: str) -> dict[str, Any]:
-    return await call(nc, "wf.api.cancel", json.dumps({"id": wf_id}).encode())
+    return await call(nc, subjects.api("cancel"), json.dumps({"id": wf_id}).encode())
 
 
 async def approve(nc: Client, wf_id: str, comment: str = "") -> dict[str, Any]:
     """`wf.api.approve`: reply `{"id", "approvals", "approvals_needed"}`."""
-    return await call(nc, "wf.api.approve", json.dumps({"id": wf_id, "comment": comment}).encode())
+    return await call(nc, subjects.api("approve"), json.dumps({"id": wf_id, "comment": comment}).encode())
 
 
 async def deny(nc: Client, wf_id: str, comment: str) -> dict[str, Any]:
-    return await call(nc, "wf.api.deny", json.dumps({"id": wf_id, "comment": comment}).encode())
+    return await call(nc, subjects.api("deny"), json.dumps({"id": wf_id, "comment": comment}).encode())
 
 
 async def pause(nc: Client, wf_id: str) -> dict[str, Any]:
     """`wf.api.pause`: nothing new dispatched for the workflow until `resume`; running jobs finish."""
-    return await call(nc, "wf.api.pause", json.dumps({"id": wf_id}).encode())
+    return await call(nc, subjects.api("pause"), json.dumps({"id": wf_id}).encode())
 
 
 async def resume(nc: Client, wf_id: str) -> dict[str, Any]:
-    return await call(nc, "wf.api.resume", json.dumps({"id": wf_id}).encode())
+    return await call(nc, subjects.api("resume"), json.dumps({"id": wf_id}).encode())
 
 
 async def logs(nc: Client, wf_id: str, block: int, job: int) -> dict[str, Any]:
     """`wf.api.logs`: one job's whole kept output (the last 256 KiB of its latest attempt, redacted),
     reply `{"id", "block", "job", "name", "status", "output", "kept"}`."""
-    return await call(nc, "wf.api.logs", json.dumps({"id": wf_id, "block": block, "job": job}).encode())
+    return await call(nc, subjects.api("logs"), json.dumps({"id": wf_id, "block": block, "job": job}).encode())

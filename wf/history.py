@@ -19,14 +19,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 
-from schemas import is_token
+from schemas import is_token, subjects
 from services.common.bus import follow_workflow, last_event
+from services.common.topology import SERVICE_NAMES, SERVICE_ROLES
 
 from .failures import Failure
 
-POLICY, EXECUTOR, RUNNER = "wf-policy", "wf-executor", "wf-jobrunner"
+_SERVICE_NAME = dict(zip(SERVICE_ROLES, SERVICE_NAMES, strict=True))
+POLICY, EXECUTOR, RUNNER = _SERVICE_NAME["policy"], _SERVICE_NAME["executor"], _SERVICE_NAME["jobrunner"]
 # The actor of each kind of event no person asks for: the service that publishes it.
 SERVICE_ACTORS = {
     "approved": POLICY,
@@ -146,18 +149,20 @@ async def read_events(nc: Client, wf_id: str) -> list[dict[str, Any]]:
     if not is_token(wf_id) or len(wf_id) > 128:  # never a subject wildcard: `*` would read every workflow
         raise Failure(f"{wf_id!r} is not a workflow id", "check the id: `wf ls` lists recent workflows")
     js = nc.jetstream()
-    if await last_event(js, f"wf.evt.{wf_id}.submitted") is None:
+    if await last_event(js, subjects.event(wf_id, "submitted")) is None:
         raise Failure(f"unknown id {wf_id!r}", "check the id: `wf ls` lists recent workflows")
-    sub = await follow_workflow(js, wf_id)
+    follower = await follow_workflow(js, wf_id)
     events = []
     try:
         while True:
-            msg = await sub.next_msg(timeout=NEXT_MSG_TIMEOUT_S)
+            msg = await follower.next(NEXT_MSG_TIMEOUT_S)
+            if msg is None:
+                raise nats.errors.TimeoutError
             events.append(_decode(msg.data))
             if msg.metadata.num_pending == 0:  # the last one stored when the consumer was made
                 return events
     finally:
-        await sub.unsubscribe()
+        await follower.stop()
 
 
 async def run(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Awaitable[Client]]) -> int:

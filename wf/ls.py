@@ -28,11 +28,12 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from schemas import subjects
 from services.common.ids import encode
 from services.common.topology import STATUS_BUCKET
 
 STREAM = f"KV_{STATUS_BUCKET}"
-SUBJECT_PREFIX = f"$KV.{STATUS_BUCKET}."
+SUBJECT_PREFIX = subjects.kv_prefix(STATUS_BUCKET)
 CONSUMER_GONE_S = 5.0  # how long the server keeps a scan's ordered consumer once the scan ends
 FIRST_READ_TIMEOUT_S = 10.0  # no message for this long while some are pending: give up (the server is gone)
 
@@ -66,7 +67,7 @@ def parse_since(text: str, now_s: float) -> float:
         raise ValueError(f"--since wants a duration (2h, 30m, 3d) or an ISO time (2026-11-29T14:00:00Z); "
                          f"got {text!r}") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
 
 
@@ -218,7 +219,7 @@ def _ack_fields(reply: str) -> tuple[float, int]:
     return int(tokens[9]) / 1e9, int(tokens[10])
 
 
-async def scan(js: JetStreamContext, on_msg, *, headers_only: bool, since_s: float | None = None,  # type: ignore[no-untyped-def]
+async def scan(js: JetStreamContext, on_msg, *, headers_only: bool, since_s: float | None = None,
                ) -> int:
     """Every key's last value once (`on_msg(key, data, written_s)`), through one ordered consumer over
     `$KV.wf_status.>`: last per subject, or (`since_s`) what was written from then on (the bucket
@@ -244,9 +245,9 @@ async def scan(js: JetStreamContext, on_msg, *, headers_only: bool, since_s: flo
         config["deliver_policy"] = api.DeliverPolicy.LAST_PER_SUBJECT
     else:
         config["deliver_policy"] = api.DeliverPolicy.BY_START_TIME
-        config["opt_start_time"] = dt.datetime.fromtimestamp(since_s, dt.timezone.utc).isoformat().replace(
+        config["opt_start_time"] = dt.datetime.fromtimestamp(since_s, dt.UTC).isoformat().replace(
             "+00:00", "Z")
-    sub = await js.subscribe(f"{SUBJECT_PREFIX}>", stream=STREAM, cb=deliver, ordered_consumer=True,
+    sub = await js.subscribe(subjects.kv_all(STATUS_BUCKET), stream=STREAM, cb=deliver, ordered_consumer=True,
                              config=api.ConsumerConfig(**config))
     try:
         info = await sub.consumer_info()
@@ -301,7 +302,7 @@ async def find(js: JetStreamContext, filters: Filters, limit: int, now_s: float 
 
 async def _get(js: JetStreamContext, wf_id: str) -> bytes | None:
     try:
-        msg = await js.get_last_msg(STREAM, f"{SUBJECT_PREFIX}{wf_id}", direct=True)
+        msg = await js.get_last_msg(STREAM, subjects.kv(STATUS_BUCKET, wf_id), direct=True)
     except (nats.js.errors.NotFoundError, nats.js.errors.KeyNotFoundError):
         return None
     if msg.headers and msg.headers.get("KV-Operation"):

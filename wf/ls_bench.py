@@ -27,6 +27,7 @@ from pathlib import Path
 
 import nats
 
+from schemas import subjects
 from services.common.ids import new_id
 from services.common.topology import STATUS_BUCKET
 from wf import client
@@ -35,10 +36,10 @@ PEOPLE = ["alice", "bob", "carol", "dave", "erin"]
 NAMES = [f"Work{i}" for i in range(10)] + ["SleepDemo", "EraseSatellite"]
 
 
-def status_value(wf_id: str, rng: random.Random) -> dict:  # type: ignore[type-arg]
+def status_value(wf_id: str, rng: random.Random) -> dict:
     roll = rng.random()
     status, verdict, jobs_state = "completed", "approved", "completed"
-    extra: dict = {}  # type: ignore[type-arg]
+    extra: dict = {}
     if roll < 0.05:
         verdict, status, jobs_state = "rejected", "not_started", "not_started"
     elif roll < 0.12:
@@ -81,7 +82,7 @@ async def fill(url: str, count: int, days: float = 30) -> None:
     pending = []
     for i in range(count):
         wf_id = new_id(start_ms + i * step)
-        pending.append(js.publish(f"$KV.{STATUS_BUCKET}.{wf_id}", json.dumps(status_value(wf_id, rng)).encode()))
+        pending.append(js.publish(subjects.kv(STATUS_BUCKET, wf_id), json.dumps(status_value(wf_id, rng)).encode()))
         if len(pending) == 1000:
             await asyncio.gather(*pending)
             pending = []

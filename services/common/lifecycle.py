@@ -17,8 +17,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro.service import EndpointStats, Service
 
+from .consumer_reader import ConsumerReader
+from .endpoint import ENDPOINTS, ConcurrentEndpoint, stats_data
 from .logs import configure_logging
-from .pull import Puller
 from .settings import Settings
 
 log = structlog.get_logger()
@@ -74,32 +75,32 @@ async def when_ready(factory: Callable[[], Awaitable[T]], stop: asyncio.Event, *
             await asyncio.sleep(1.0)
 
 
-async def bind_durable(nc: Client, stream: str, durable: str, stop: asyncio.Event) -> Puller:
-    """A puller for a durable pull consumer, once the consumer exists."""
+async def bind_durable(nc: Client, stream: str, durable: str, stop: asyncio.Event) -> ConsumerReader:
+    """A reader for a durable pull consumer, once the consumer exists."""
 
-    async def bind() -> Puller:
+    async def bind() -> ConsumerReader:
         await nc.jetstream().consumer_info(stream, durable)
-        puller = Puller(nc, stream, durable)
-        await puller.subscribe()
-        return puller
+        reader = ConsumerReader(nc, stream, durable)
+        await reader.subscribe()
+        return reader
 
     return await when_ready(bind, stop, what=f"{stream}/{durable}")
 
 
 async def fetch_batches(
-    puller: Puller, batch: int, stop: asyncio.Event, *, idle_s: float = 1.0, gather_s: float = 0.0,
+    reader: ConsumerReader, batch: int, stop: asyncio.Event, *, idle_s: float = 1.0, gather_s: float = 0.0,
 ) -> AsyncIterator[list[Msg]]:
     """Batches of what has arrived, up to `batch` asked for at a time, until stopped. With `gather_s`,
     a batch not full at once waits up to that long to fill (fewer handling rounds per message, for a
     consumer off the request path; under load they are full at once)."""
     while not stop.is_set():
-        msgs = await puller.take(batch, idle_s, settle_s=gather_s)
+        msgs = await reader.take(batch, idle_s, settle_s=gather_s)
         if msgs:
             yield msgs
 
 
-async def shutdown(nc: Client, *pull_subs: Puller, timeout_s: float = 3.0) -> None:
-    """Unsubscribe the pullers (what their open requests delivered and nobody acked is redelivered),
+async def shutdown(nc: Client, *pull_subs: ConsumerReader, timeout_s: float = 3.0) -> None:
+    """Unsubscribe the readers (what their open requests delivered and nobody acked is redelivered),
     drain the rest, close."""
     for sub in pull_subs:
         try:
@@ -117,15 +118,23 @@ async def shutdown(nc: Client, *pull_subs: Puller, timeout_s: float = 3.0) -> No
 
 async def start_micro(
     nc: Client, name: str, version: str, description: str,
-    stats_handler: Callable[[EndpointStats], Any] | None = None,
+    stats_handler: Callable[[EndpointStats], dict[str, Any] | None] | None = None, *, id_file: str = "",
 ) -> Service:
-    """The micro service (`$SRV.PING|INFO|STATS`). With `WF_SERVICE_ID_FILE` set, its instance id is
+    """The micro service (`$SRV.PING|INFO|STATS`). With `id_file` (WF_SERVICE_ID_FILE), its instance id is
     written there, so a container healthcheck can ping this very instance (`wf ping NAME --id-file F`).
     Its metadata carries the process id, by which `wf up` tells a wedged process from a live one.
-    `stats_handler(endpoint stats)`: the `data` of an endpoint in `$SRV.STATS` (live state to report)."""
+    Each endpoint's `data` in `$SRV.STATS` is its ConcurrentEndpoint's own counts (endpoint.py), with
+    what `stats_handler(endpoint stats)` adds (live state to report)."""
+    endpoints: dict[str, ConcurrentEndpoint] = {}
+
+    def stats(endpoint_stats: EndpointStats) -> dict[str, Any]:
+        data = stats_data(endpoints, endpoint_stats)
+        extra = stats_handler(endpoint_stats) if stats_handler is not None else None
+        return {**data, **extra} if extra else data
+
     service = await nats.micro.add_service(nc, name=name, version=version, description=description,
-                                           metadata={"pid": str(os.getpid())}, stats_handler=stats_handler)
-    id_file = os.environ.get("WF_SERVICE_ID_FILE")
+                                           metadata={"pid": str(os.getpid())}, stats_handler=stats)
+    ENDPOINTS[service] = endpoints
     if id_file:
         Path(id_file).write_text(service.id)
     return service

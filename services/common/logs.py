@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -27,7 +26,7 @@ def redacting(redact: Redact) -> structlog.typing.Processor:
 
 
 def configure_logging(service: str, level: str | None = None, redact: Redact | None = None) -> None:
-    level_name = (level or os.environ.get("WF_LOG_LEVEL") or "info").upper()
+    level_name = (level or "info").upper()
     renderer: structlog.typing.Processor
     if sys.stderr.isatty():
         renderer = structlog.dev.ConsoleRenderer()

@@ -1,9 +1,12 @@
-"""Settings every service reads from its environment (names in docs/architecture.md)."""
+"""Settings every service reads from its environment: the only place a service reads a WF_* setting
+(names and meanings: docs/architecture.md, "Settings"; the runner's job settings and secrets:
+docs/jobs.md). `Settings.from_env()` is called once, by `lifecycle.run_service`, and passed down."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -22,25 +25,35 @@ MAX_IN_FLIGHT = 40
 PER_CALLER_SHARE = 4
 
 
-def max_in_flight_per_caller(max_in_flight: int, env: dict[str, str] | None = None) -> int:
+def max_in_flight_per_caller(max_in_flight: int, env: Mapping[str, str]) -> int:
     """WF_MAX_IN_FLIGHT_PER_CALLER, else a quarter of `max_in_flight` (at least 1)."""
-    env = os.environ if env is None else env
     explicit = env.get("WF_MAX_IN_FLIGHT_PER_CALLER", "")
     return max(1, int(explicit)) if explicit else max(1, max_in_flight // PER_CALLER_SHARE)
 
 
-def max_jobs_in_flight_per_workflow(runner_concurrency: int, runners: int, env: dict[str, str] | None = None) -> int:
+def max_jobs_in_flight_per_workflow(runner_concurrency: int, runners: int, env: Mapping[str, str]) -> int:
     """WF_MAX_JOBS_IN_FLIGHT_PER_WORKFLOW, else half the runners' slots (WF_RUNNERS x
     WF_RUNNER_CONCURRENCY / 2, at least 1): a workflow never has more jobs dispatched and not ended,
     so one started later always finds runner slots free (executor/progress.py)."""
-    env = os.environ if env is None else env
     explicit = env.get("WF_MAX_JOBS_IN_FLIGHT_PER_WORKFLOW", "")
     return max(1, int(explicit)) if explicit else max(1, runners * runner_concurrency // 2)
 
 
+# Limits on one submission (wf-intake: services/intake/workreq_limits.py, which holds their defaults):
+# WF_MAX_BLOCKS=50 and so on, each limit's name in capitals after `WF_`.
+SUBMIT_LIMITS = ("max_request_bytes", "max_blocks", "max_jobs_per_block", "max_jobs", "max_args_per_job",
+                 "max_arg_key_len", "max_arg_value_len", "max_desc_len")
+
+# The runner's settings for the built-in jobs (docs/jobs.md), handed to them through JobEnv.settings,
+# plugins included: none of them a credential.
+JOB_SETTINGS = ("WF_EXEC_USER", "WF_SSH_KEY", "WF_SSH_KNOWN_HOSTS", "WF_HTTP_CA_FILE")
+# The runner's secrets (services/jobs/output.py: Secrets), read by nothing else.
+SECRETS_FILE_SETTING, SECRET_SETTING_PREFIX = "WF_SECRETS_FILE", "WF_SECRET_"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    nats_url: str = DEFAULT_NATS_URL
+    nats_url: str = field(default=DEFAULT_NATS_URL, repr=False)  # (with the role's password)
     config_dir: Path = REPO_ROOT / "configs"
     inventory_dir: Path = REPO_ROOT / "data"
     time_scale: float = 1.0
@@ -53,6 +66,15 @@ class Settings:
     max_jobs_in_flight_per_workflow: int = 128
     max_deliveries: int = 5
     log_level: str = "info"
+    nats_ca: str = ""  # WF_NATS_CA: a CA file (or the server's own certificate) to trust over TLS
+    service_id_file: str = ""  # WF_SERVICE_ID_FILE: where start_micro writes the instance's id
+    # JOB_SETTINGS as set (read here once, before the runner scrubs its environment)
+    job_settings: Mapping[str, str] = field(default_factory=dict)
+    # WF_SECRETS_FILE and every WF_SECRET_<NAME>: for the runner's Secrets only
+    secret_settings: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # those of SUBMIT_LIMITS the environment sets, as written (wf-intake parses them: a bad one stops
+    # wf-intake, not every service)
+    submit_limits: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -74,4 +96,10 @@ class Settings:
             max_jobs_in_flight_per_workflow=max_jobs_in_flight_per_workflow(runner_concurrency, runners, env),
             max_deliveries=int(env.get("WF_MAX_DELIVERIES", "5")),
             log_level=env.get("WF_LOG_LEVEL", "info"),
+            nats_ca=env.get("WF_NATS_CA", ""),
+            service_id_file=env.get("WF_SERVICE_ID_FILE", ""),
+            job_settings={name: env[name] for name in JOB_SETTINGS if name in env},
+            secret_settings={name: value for name, value in env.items()
+                             if name == SECRETS_FILE_SETTING or name.startswith(SECRET_SETTING_PREFIX)},
+            submit_limits={name: env[f"WF_{name.upper()}"] for name in SUBMIT_LIMITS if f"WF_{name.upper()}" in env},
         )

@@ -33,14 +33,14 @@ CONFIG_BUCKET = "wf_config"
 LEASES_BUCKET = "wf_leases"  # workflow id -> the executor that owns it (services/executor/lease.py)
 IDEMPOTENCY_BUCKET = "wf_idempotency"  # hash of a submit's Nats-Msg-Id -> the workflow it created
 IDEMPOTENCY_TTL_S = 24 * 3600.0
-# WorkReqs too large for one message (services/common/workreqs.py): the whole WorkReq, by workflow
+# WorkReqs too large for one message (services/workreqs.py): the whole WorkReq, by workflow
 # id, in an object store; and the parts of uploads in progress (`wf.api.upload`), kept an hour.
 WORKREQ_BUCKET = "wf_workreqs"
 UPLOADS_BUCKET = "wf_uploads"
 UPLOAD_TTL_S = 3600.0
 UPLOADS_MAX_BYTES = 1024**3  # all uploads in progress together; past it, a new part gets 503
 # person name -> role (client, operator, admin): written by `wf up` (from the registry, wf/users.py)
-# and `wf user add/rm`, read by wf-intake to rank approvers (services/common/approvals.py)
+# and `wf user add/rm`, read by wf-intake to rank approvers (services/policy/approvals.py)
 PEOPLE_BUCKET = "wf_people"
 # what jobs printed or received (exec, ssh, http): "<id>.<block>.<job>" -> the last 256 KiB of the
 # latest attempt, secrets redacted (services/jobs/output.py); written by runners, read by wf-status
@@ -82,7 +82,7 @@ SERVICE_NAMES = tuple(f"wf-{role}" for role in SERVICE_ROLES)
 SERVICE_INBOXES = {f"wf-{role}": f"_INBOX_{role}" for role in SERVICE_ROLES}
 # A person's emergency-stop write (`$KV.wf_es.<name>`, from nats-py, `wf es` or the nats CLI) reaches
 # WF as `wf.gate.es.<name>` (schemas/subjects.py): wf-intake records who, when and why on it, then writes the bucket
-# (services/intake/es_gate.py). People never write WF's bucket themselves.
+# (services/safety/gate.py). People never write WF's bucket themselves.
 # the same gate for the nats CLI, which writes a mirrored bucket through the mirror's API prefix: an
 # export of its own, as nats-server shares the caller's identity with one import of an export only
 VIEW_MIRRORS = (STATUS_BUCKET, ES_BUCKET)

@@ -26,14 +26,14 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import DECODE_ERRORS, Approved, JobCommand, Submitted, event_decoder
-from services.common.bus import follow_workflow, publish_all
-from services.common.es import PAUSE, STOP, EmergencyStops
-from services.common.workreqs import StoredReqMissing, resolved
+from schemas import DECODE_ERRORS, Approved, Event, JobCommand, Submitted, event_decoder, subjects
+from services.common.bus import Follower, follow_workflow, publish_all
 from services.common.topology import EXECUTOR_ACK_WAIT_S, JOBS_STREAM
+from services.safety.stops import PAUSE, STOP, EmergencyStops
+from services.workreqs import StoredReqMissing, resolved
 
+from .dispatch_buckets import DispatchLimits
 from .lease import RENEW_S, Lease, LeaseLost
-from .limits import DispatchLimits
 from .progress import Decision, WorkflowProgress
 
 log = structlog.get_logger()
@@ -120,7 +120,7 @@ class WorkflowActor:
             return
         finally:
             keepalive.cancel()
-            await sub.unsubscribe()
+            await sub.stop()
         await self.lease.release()
 
     async def release(self, delay_s: float = 2.0, lease: bool = True) -> None:
@@ -151,12 +151,9 @@ class WorkflowActor:
                 except nats.errors.Error as exc:
                     log.warning("keepalive_failed", error=repr(exc))
 
-    async def _follow(self, sub: JetStreamContext.PushSubscription) -> None:
+    async def _follow(self, sub: Follower) -> None:
         while True:
-            try:
-                msg = await sub.next_msg(timeout=KEEPALIVE_S)
-            except nats.errors.TimeoutError:
-                msg = None
+            msg = await sub.next(KEEPALIVE_S)
             if self.lease.lost:  # taken over: not one more decision here
                 raise LeaseLost(self.id)
             if msg is None:
@@ -172,7 +169,7 @@ class WorkflowActor:
                     continue
                 await self._on_caught_up()
                 self.caught_up = True
-            if sub.pending_msgs > 0:
+            if sub.pending > 0:
                 continue  # apply everything already here before deciding
             await self._step()
             assert self.progress is not None
@@ -193,20 +190,20 @@ class WorkflowActor:
             if decision:
                 await self._emit(decision)
 
-    def _apply(self, ev: object) -> None:
+    def _apply(self, ev: Event) -> None:
         if isinstance(ev, Submitted):
             assert ev.req is not None  # resolved by _follow
             self.progress = WorkflowProgress(self.id, ev.req, self.is_gate, self.max_jobs_in_flight)
         elif isinstance(ev, Approved):
             self.approved = True
         elif self.progress is not None:
-            self.progress.apply(ev)  # type: ignore[arg-type]
+            self.progress.apply(ev)
 
     async def _on_caught_up(self) -> None:
         if self.progress is None or not self.approved:
             raise NotExecutable("no approved submission in the workflow's history")
         # Commands still waiting in the work queue were dispatched before a restart: not again.
-        info = await self.js.stream_info(JOBS_STREAM, subjects_filter=f"wf.cmd.job.{self.id}.>")
+        info = await self.js.stream_info(JOBS_STREAM, subjects_filter=subjects.job_commands(self.id))
         waiting = (info.state.subjects or {}) if info.state else {}
         for subject in waiting:
             _, _, _, _, block, job = subject.split(".")

@@ -23,6 +23,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from schemas import subjects
 from services.common.bus import wrong_last_sequence
 from services.common.ids import new_id
 from services.common.topology import LEASES_BUCKET
@@ -76,7 +77,7 @@ class Lease:
         sent = time.monotonic()
         try:
             ack = await self.js.publish(
-                f"$KV.{LEASES_BUCKET}.{self.key}", self.value, timeout=RENEW_S,
+                subjects.kv(LEASES_BUCKET, self.key), self.value, timeout=RENEW_S,
                 headers={"Nats-Expected-Last-Subject-Sequence": str(self.revision)}, msg_ttl=TTL_S,
             )
         except nats.js.errors.APIError as exc:
@@ -117,7 +118,7 @@ class Lease:
             return
         try:
             await self.js.publish(
-                f"$KV.{LEASES_BUCKET}.{self.key}", b"", timeout=RENEW_S, msg_ttl=TTL_S,
+                subjects.kv(LEASES_BUCKET, self.key), b"", timeout=RENEW_S, msg_ttl=TTL_S,
                 headers={"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(self.revision)},
             )
         except (TimeoutError, nats.errors.Error) as exc:  # it expires on its own

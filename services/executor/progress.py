@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from schemas import (
     ES_CANCELLED,
@@ -194,11 +195,13 @@ class WorkflowProgress:
             has_error = any(job.status == "failed" for job in jobs)
             if halted:
                 finished = all(job.status in TERMINAL for job in jobs)
-                status = "completed" if finished and not has_error else "failed"
+                status: Literal["completed", "failed"] = "completed" if finished and not has_error else "failed"
                 out.events.append(BlockEnded(id=self.id, at=at, block=b, status=status, has_error=has_error))
                 break
+            # the block's `rate_limit` is no rate: the most of its jobs in flight at once (dispatched,
+            # not ended), within the workflow's share of the runners' slots (max_in_flight)
             in_flight = sum(job.in_flight for job in jobs)
-            limit = self.req.blocks[b].effective_rate_limit
+            limit = self.req.blocks[b].jobs_in_flight_cap
             if self.max_in_flight is not None:
                 limit = min(limit, max(1, self.max_in_flight))
             for j, job in enumerate(jobs):

@@ -12,17 +12,17 @@ from nats.js.kv import KeyValue
 
 from schemas import ExecRequested, event_decoder
 from services.buckets import BucketConfigError, BucketStore, load_bucket_configs
-from services.common.bus import connect, decode_or_terminate
-from services.common.es import PAUSE, STOP, EmergencyStops
+from services.common.bus import connect, decode_or_terminate, jetstream
+from services.common.ids import new_id
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.ids import new_id
-from services.common.startup import job_registry_or_exit
 from services.common.topology import BUCKETS_BUCKET, ES_BUCKET, EVENTS_STREAM, EXECUTOR_CONSUMER, LEASES_BUCKET
+from services.jobs import job_registry_or_exit
+from services.safety.stops import PAUSE, STOP, EmergencyStops
 
 from .actor import WorkflowActor
+from .dispatch_buckets import DispatchLimits
 from .lease import Lease
-from .limits import DispatchLimits
 
 log = structlog.get_logger()
 
@@ -92,9 +92,9 @@ class Executor:
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    nc = await connect(settings.nats_url, "wf-executor")
-    js = nc.jetstream()
-    service = await start_micro(nc, "wf-executor", VERSION, "runs approved workflows")
+    nc = await connect(settings.nats_url, "wf-executor", ca_file=settings.nats_ca)
+    js = jetstream(nc)
+    service = await start_micro(nc, "wf-executor", VERSION, "runs approved workflows", id_file=settings.service_id_file)
     es = EmergencyStops()
     await when_ready(lambda: js.key_value(ES_BUCKET), stop, what=ES_BUCKET)  # the bucket exists
     es_task = asyncio.create_task(es.follow(js, stop, ES_BUCKET))

@@ -18,7 +18,11 @@ interrupted attempt left on this host (`clean_up_earlier_attempts`: exec's proce
 
 A job's task is cancelled (not just ignored) when its workflow ends early (fatal failure, failure
 budget, emergency stop, cancel) or its WorkReq name is emergency-stopped; it is then reported
-`failed` with the reason. Commands of such workflows that were not started yet are dropped."""
+`failed` with the reason. Commands of such workflows that were not started yet are dropped.
+
+`JobRunner.handle` has the executor's shape: it reads the facts a command is judged by (`_facts`,
+the independent reads at once), `verdict()` (verdict.py, pure) decides what to do with it (refuse,
+skip, fail without running, run), and only then does the runner act (ack, term, publish, run)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import asyncio
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -34,6 +38,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.kv import KeyValue
 
 from schemas import (
@@ -47,13 +52,16 @@ from schemas import (
     WorkReq,
     command_decoder,
     event_decoder,
+    subjects,
 )
-from services.common import workreqs
+from services import workreqs
 from services.common.bus import decode_or_terminate, last_event, publish_event, times_delivered
-from services.common.es import STOP, EmergencyStops
 from services.common.topology import RUNNER_ACK_WAIT_S
 from services.jobs import Job, JobContext, JobError, JobRegistry, is_gate
-from services.jobs.output import NO_SECRETS, Output, Secrets
+from services.jobs.output import NO_SECRETS, Output, Secrets, output_key
+from services.safety.stops import STOP, EmergencyStops
+
+from .verdict import Facts, Fail, JobHistory, Refuse, Run, Skip, max_attempts, verdict
 
 log = structlog.get_logger()
 KEEPALIVE_S = RUNNER_ACK_WAIT_S / 3
@@ -68,48 +76,31 @@ STOP_REASONS = {
 }
 
 
-def max_attempts(job: Job | None, args: dict[str, str]) -> int:
-    """How many attempts a job may have: its `max_attempts_for(args)` (a WorkReq's `attempts` arg),
-    else its class's `max_attempts` (default 1: no retry)."""
-    per_args = getattr(job, "max_attempts_for", None)
-    if per_args is not None:
-        try:
-            return max(1, int(per_args(args)))
-        except Exception:  # validated at submit; a job's own bug here means no retry
-            return 1
-    return int(getattr(job, "max_attempts", 1))
-
-
-def output_key(cmd: JobCommand) -> str:
-    return f"{cmd.id}.{cmd.block}.{cmd.job}"
-
-
-def _terminal(msg: Msg | None) -> bool:
+def _terminal(msg: RawStreamMsg | None) -> bool:
     if msg is None:
         return False
-    if msg.subject.endswith(".completed"):
+    if (msg.subject or "").endswith(".completed"):
         return True
-    ev = event_decoder.decode(msg.data)
+    ev = event_decoder.decode(msg.data or b"")
     return isinstance(ev, JobFailed) and not ev.retrying
 
 
-async def already_ended(js: JetStreamContext, cmd: JobCommand) -> bool:
-    """Whether the job has a terminal event: completed, or failed for good (not a retried attempt).
+async def job_history(js: JetStreamContext, cmd: JobCommand) -> JobHistory:
+    """What the job's events say: whether it has a terminal event (completed, or failed for good:
+    not a retried attempt) and whether its last event is `started` (an attempt began, never ended).
 
     One direct get of the job's last event (a wildcard subject) answers the usual cases: nothing
     yet (a fresh job), or an outcome. Only when that last event is a `started` or a retried
-    attempt do the two exact subjects decide."""
-    base = f"wf.evt.{cmd.id}.job.{cmd.block}.{cmd.job}"
-    last = await last_event(js, f"{base}.*")
-    if last is None or _terminal(last):
-        return last is not None
-    return _terminal(await last_event(js, f"{base}.completed")) or _terminal(await last_event(js, f"{base}.failed"))
-
-
-async def last_event_is_started(js: JetStreamContext, cmd: JobCommand) -> bool:
-    """Whether the job's last event is `started`: an attempt began and never ended."""
-    last = await last_event(js, f"wf.evt.{cmd.id}.job.{cmd.block}.{cmd.job}.*")
-    return last is not None and last.subject.endswith(".started")
+    attempt do the two exact subjects (read at once) decide whether it ended."""
+    last = await last_event(js, subjects.job_event(cmd.id, cmd.block, cmd.job, "*"))
+    if last is None:
+        return JobHistory()
+    if _terminal(last):
+        return JobHistory(ended=True)
+    completed, failed = await asyncio.gather(
+        *(last_event(js, subjects.job_event(cmd.id, cmd.block, cmd.job, state)) for state in ("completed", "failed"))
+    )
+    return JobHistory(ended=_terminal(completed) or _terminal(failed), last_started=(last.subject or "").endswith(".started"))
 
 
 async def keep_alive(msg: Msg) -> None:
@@ -147,11 +138,14 @@ class JobRunner:
 
     # ------------------------------------------------------------ stopping running jobs
 
-    def _cancel(self, predicate: object, reason: str) -> None:
+    def _cancel(self, predicate: Callable[[tuple[str, int, int], Running], bool], reason: str) -> None:
+        """Cancel the task of every running job the predicate picks (its key, its Running): the job
+        is killed (its process group, SSH channel or HTTP request: services/jobs) and `_run`
+        reports it failed with `reason`."""
         for key, running in list(self.running.items()):
             # once only: a second cancel (an emergency stop, then its workflow's end) would interrupt
             # the cancelled job's last steps (keeping its output, reporting it failed)
-            if predicate(key, running) and not running.stop_reason:  # type: ignore[operator]
+            if predicate(key, running) and not running.stop_reason:
                 running.stop_reason = reason
                 running.task.cancel()
 
@@ -174,9 +168,10 @@ class JobRunner:
             self.ended.popitem(last=False)
         self._cancel(lambda key, r: key[0] == ev.id, reason)
 
-    # ------------------------------------------------------------ one command
+    # ------------------------------------------------------------ one command: read, decide, act
 
     async def handle(self, msg: Msg) -> None:
+        """Read the facts (`_facts`), decide (`verdict`, pure: verdict.py), then act on the decision."""
         started = time.perf_counter()
         cmd = await decode_or_terminate(msg, command_decoder)
         if cmd is None:
@@ -185,42 +180,49 @@ class JobRunner:
         structlog.contextvars.bind_contextvars(
             workflow_id=cmd.id, block=cmd.block, job=cmd.job, job_name=cmd.name, attempt=attempt
         )
-        refusal = await self._refusal(cmd)
-        if refusal:  # never run it, never retry it; recorded in the log for whoever investigates
-            await msg.term()
-            log.error("forged_command_refused", reason=refusal, subject=msg.subject, outcome="refused")
-            return
-        skip = await self._skip_reason(cmd, attempt)
-        if skip:
-            await msg.ack()
-            log.info("job_handled", outcome=skip)
-            return
         job = self.jobs.get(cmd.name)
-        limit = max(self.max_deliveries, max_attempts(job, cmd.args))
-        if attempt > limit:
-            error = (f"gave up after {attempt - 1} deliveries: each runner that took it died or lost its connection "
-                     f"before finishing (limit {limit})")
-            await publish_event(self.js, self._failed(cmd, attempt, error))
-            await msg.term()
-            log.info("job_handled", outcome="delivery_limit", error=error)
+        decided = verdict(cmd, attempt, await self._facts(cmd), job, self.max_deliveries)
+        match decided:
+            case Refuse(reason=reason):  # never run it, never retry it; recorded in the log for whoever investigates
+                await msg.term()
+                log.error("forged_command_refused", reason=reason, subject=msg.subject, outcome="refused")
+            case Skip(outcome=outcome):
+                await msg.ack()
+                log.info("job_handled", outcome=outcome)
+            case Fail(outcome=outcome, error=error, fatal=fatal, clean_up=clean_up):
+                if clean_up:
+                    await self._clean_up(cmd, job)
+                await publish_event(self.js, self._failed(cmd, attempt, error, fatal=fatal))
+                await msg.term()
+                log.info("job_handled", outcome=outcome, error=error)
+            case Run(clean_up=clean_up):
+                if clean_up:
+                    await self._clean_up(cmd, job)
+                await self._run_and_report(msg, cmd, job, attempt, started)
+
+    async def _facts(self, cmd: JobCommand) -> Facts:
+        """Everything `verdict` judges the command by. The workflow's approved WorkReq (usually known
+        already) and the job's events are independent reads: made at once."""
+        req = self.approved.get(cmd.id)
+        if req is not None:  # known already (every command but a workflow's first few): one read
+            self.approved.move_to_end(cmd.id)
+            history = await job_history(self.js, cmd)
+        else:
+            req, history = await asyncio.gather(self._approved(cmd.id), job_history(self.js, cmd))
+        return Facts(req=req, workflow_ended=cmd.id in self.ended,  # (the WorkReq's look-up may have learned it)
+                     es_stopped=bool(cmd.workreq) and self.es.is_stopped(cmd.workreq), history=history)
+
+    async def _clean_up(self, cmd: JobCommand, job: Job | None) -> None:
+        """An earlier attempt started and never ended (its runner died): what it left running here goes."""
+        clean_up: Callable[[str, int, int], Awaitable[int]] | None = getattr(job, "clean_up_earlier_attempts", None)
+        if clean_up is None:  # (verdict asks for it only of a job that has it)
             return
-        clean_up = getattr(job, "clean_up_earlier_attempts", None)
-        if attempt > 1 and clean_up is not None and await last_event_is_started(self.js, cmd):
-            # an earlier attempt started and never ended (its runner died): what it left running here goes
-            killed = await clean_up(cmd.id, cmd.block, cmd.job)
-            if killed:
-                log.warning("earlier_attempt_killed", processes=killed)
-        allowed = max_attempts(job, cmd.args)
-        if getattr(job, "max_attempts_for", None) is not None and attempt > allowed:
-            # a job whose WorkReq says how often it may run (`attempts`: exec, ssh, http) is not run
-            # again because an earlier attempt was interrupted (its runner stopped or died mid-run):
-            # the command may have done its work; at-least-once is the seed jobs' rule, not theirs
-            error = (f"not run again: attempt {attempt - 1} was interrupted (its runner stopped or died) and this "
-                     f"job may run {allowed} time(s) (its `attempts`)")
-            await publish_event(self.js, self._failed(cmd, attempt, error, fatal=cmd.args.get("fatal") == "true"))
-            await msg.term()
-            log.info("job_handled", outcome="attempts_spent", error=error)
-            return
+        killed = await clean_up(cmd.id, cmd.block, cmd.job)
+        if killed:
+            log.warning("earlier_attempt_killed", processes=killed)
+
+    async def _run_and_report(self, msg: Msg, cmd: JobCommand, job: Job | None, attempt: int, started: float) -> None:
+        """`started`, the job, then its outcome; then the ack, or a nak that retries it after a backoff."""
         await publish_event(self.js, JobStarted(id=cmd.id, block=cmd.block, job=cmd.job, attempt=attempt, at=time.time()))
         result = await self._run(msg, cmd, job, attempt)
         if isinstance(result, JobFailed) and result.retrying:
@@ -238,20 +240,18 @@ class JobRunner:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _refusal(self, cmd: JobCommand) -> str:
-        """Defence in depth: run only what an executing workflow's approved WorkReq says, at that place."""
-        req = self.approved.get(cmd.id)
+    # ------------------------------------------------------------ the approved WorkReq (defence in depth)
+
+    async def _approved(self, wf_id: str) -> WorkReq | None:
+        """The approved WorkReq of the executing workflow with this id (None: there is none): only what
+        it says, at that place, is run (`verdict.refusal`)."""
+        req = self.approved.get(wf_id)
         if req is None:
-            req = await self._verify_once(cmd.id)
+            req = await self._verify_once(wf_id)
             if req is None:
-                return "no approved, executing workflow has this id"
-        self.approved.move_to_end(cmd.id)
-        if not (0 <= cmd.block < len(req.blocks) and 0 <= cmd.job < len(req.blocks[cmd.block].jobs)):
-            return "no such block and job in the approved WorkReq"
-        job = req.blocks[cmd.block].jobs[cmd.job]
-        if (job.name, job.args, req.name) != (cmd.name, cmd.args, cmd.workreq):
-            return "the job, its args or the WorkReq name differ from the approved WorkReq"
-        return ""
+                return None
+        self.approved.move_to_end(wf_id)
+        return req
 
     async def _verify_once(self, wf_id: str) -> WorkReq | None:
         """One look-up per workflow, however many of its commands arrive at once (a big block
@@ -269,31 +269,22 @@ class JobRunner:
         return req
 
     async def _approved_workreq(self, wf_id: str) -> WorkReq | None:
-        for subject in ("approved", "exec_requested"):
-            if await last_event(self.js, f"wf.evt.{wf_id}.{subject}") is None:
+        for kind in ("approved", "exec_requested"):
+            if await last_event(self.js, subjects.event(wf_id, kind)) is None:
                 return None
         for state in ("completed", "failed"):  # ended before this runner heard of it: its commands are dropped
-            msg = await last_event(self.js, f"wf.evt.{wf_id}.workflow.{state}")
+            msg = await last_event(self.js, subjects.workflow_state(wf_id, state))
             if msg is not None:
-                ev = event_decoder.decode(msg.data)
-                self.ended[wf_id] = STOP_REASONS.get(getattr(ev, "stopped_by", ""), f"the workflow ended {state}")
+                ended = event_decoder.decode(msg.data or b"")
+                self.ended[wf_id] = STOP_REASONS.get(getattr(ended, "stopped_by", ""), f"the workflow ended {state}")
         try:
-            ev = await workreqs.submitted(self.js, wf_id)
-            return ev.req if ev is not None else None
+            sub = await workreqs.submitted(self.js, wf_id)
+            return sub.req if sub is not None else None
         except workreqs.StoredReqMissing:
             log.error("stored_workreq_missing", workflow_id=wf_id)
             return None
 
-    async def _skip_reason(self, cmd: JobCommand, attempt: int) -> str:
-        if cmd.id in self.ended:
-            return "skipped_workflow_ended"
-        if cmd.workreq and self.es.is_stopped(cmd.workreq):
-            # (under `pause` a command already queued runs: the executor sent it before the pause,
-            # and dropping it would leave its job in flight for ever)
-            return "skipped_emergency_stop"
-        if await already_ended(self.js, cmd):  # a redelivery after the outcome was stored, or a replay
-            return "already_ended"
-        return ""
+    # ------------------------------------------------------------ running the job
 
     def _failed(self, cmd: JobCommand, attempt: int, error: str, *, fatal: bool = False, retrying: bool = False,
                 output: str = "") -> JobFailed:
@@ -313,7 +304,7 @@ class JobRunner:
             return ""
         if self.output_kv is not None:
             try:
-                await self.output_kv.put(output_key(cmd), output.full().encode())
+                await self.output_kv.put(output_key(cmd.id, cmd.block, cmd.job), output.full().encode())
             except (nats.errors.Error, OSError) as exc:
                 log.warning("output_not_kept", error=repr(exc), bytes=output.total)
         return output.tail()

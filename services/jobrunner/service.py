@@ -27,12 +27,11 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from schemas import subjects
 from services.buckets import BucketStore
-from services.common.bus import connect
-from services.common.es import EmergencyStops
+from services.common.bus import connect, jetstream
 from services.common.lifecycle import bind_durable, shutdown, start_micro, when_ready
 from services.common.settings import VERSION, Settings
-from services.common.startup import job_registry_or_exit
 from services.common.topology import (
     BUCKETS_BUCKET,
     ES_BUCKET,
@@ -41,8 +40,10 @@ from services.common.topology import (
     OUTPUT_BUCKET,
     RUNNER_CONSUMER,
 )
+from services.jobs import job_registry_or_exit
 from services.jobs.exec_cmd import exec_user_problem
 from services.jobs.output import Secrets, is_secret_setting
+from services.safety.stops import EmergencyStops
 
 from .runner import JobRunner
 
@@ -86,13 +87,13 @@ async def guarded(msg: Msg, runner: JobRunner) -> None:
 
 async def main(settings: Settings, stop: asyncio.Event, secrets: Secrets | None = None) -> None:
     """`secrets`: the runner's (read from the environment when not given, before it is scrubbed)."""
-    secrets = Secrets.from_environ() if secrets is None else secrets
+    secrets = Secrets.from_environ(settings.secret_settings) if secrets is None else secrets
     scrub_environ()
-    problem = exec_user_problem()
+    problem = exec_user_problem(settings.job_settings)
     if problem is not None:
         log.warning(problem[0], message=problem[1])
-    nc = await connect(settings.nats_url, "wf-jobrunner")
-    js = nc.jetstream()
+    nc = await connect(settings.nats_url, "wf-jobrunner", ca_file=settings.nats_ca)
+    js = jetstream(nc)
     buckets_kv = await when_ready(lambda: js.key_value(BUCKETS_BUCKET), stop, what=BUCKETS_BUCKET)
     jobs = job_registry_or_exit(settings, BucketStore(buckets_kv))
     es = EmergencyStops()
@@ -103,10 +104,10 @@ async def main(settings: Settings, stop: asyncio.Event, secrets: Secrets | None 
     runner = JobRunner(js, jobs, settings.time_scale, es, settings.max_deliveries,
                        secrets=secrets, output_kv=output_kv)
     ended_sub = await js.subscribe(
-        "wf.evt.*.workflow.>", stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+        subjects.any_workflow("workflow.>"), stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
         cb=runner.on_workflow_event, idle_heartbeat=2.0,
     )
-    service = await start_micro(nc, "wf-jobrunner", VERSION, "runs registered jobs")
+    service = await start_micro(nc, "wf-jobrunner", VERSION, "runs registered jobs", id_file=settings.service_id_file)
     sub = await bind_durable(nc, JOBS_STREAM, RUNNER_CONSUMER, stop)
     running: set[asyncio.Task[None]] = set()
     while not stop.is_set():

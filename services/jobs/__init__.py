@@ -17,15 +17,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from services.buckets import BucketConfig, BucketStore
-from services.common.plugins import add_plugins
+from services.buckets import BucketConfig, BucketConfigError, BucketStore, load_bucket_configs
+from services.common.plugins import Registry
 from services.inventory import Inventory, InventoryError, InventorySource
 
 from .output import NO_SECRETS, Output, Secrets
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
+
+log = structlog.get_logger()
 
 
 class ArgError(ValueError):
@@ -117,37 +122,28 @@ def parse_whole_number(arg: str, text: str, low: int, high: int) -> int:
     return value
 
 
-class JobRegistry:
-    def __init__(self, jobs: Iterable[Job]) -> None:
-        self._jobs: dict[str, Job] = {}
-        for job in jobs:
-            self.add(job)
+class JobRegistry(Registry[Job]):
+    """Job name -> job (services.common.plugins.Registry), with what validation and the executor ask."""
 
-    def add(self, job: Job) -> None:
-        if job.name in self._jobs:
-            raise ValueError(f"job {job.name!r} is registered twice")
-        self._jobs[job.name] = job
+    kind = "job"
 
-    def get(self, name: str) -> Job | None:
-        return self._jobs.get(name)
+    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+        super().__init__(jobs)
 
     def declared_args(self, name: str) -> frozenset[str]:
-        job = self._jobs[name]
+        job = self._items[name]
         return job.mandatory_args | job.optional_args
-
-    def names(self) -> list[str]:
-        return sorted(self._jobs)
 
     def gate_predicate(self) -> Callable[[str], bool]:
         """For the executor: whether a job name is a gate. A name this registry does not know counts
         as a gate (fail closed: a job registered elsewhere cannot fail open here)."""
-        gates = frozenset(name for name, job in self._jobs.items() if is_gate(job))
-        known = frozenset(self._jobs)
+        gates = frozenset(name for name, job in self._items.items() if is_gate(job))
+        known = frozenset(self._items)
         return lambda name: name in gates or name not in known
 
     def validate(self, name: str, args: Mapping[str, str]) -> None:
         """Check a job's name and args; raises ArgError naming the argument."""
-        job = self._jobs.get(name)
+        job = self._items.get(name)
         if job is None:
             raise ArgError("", f"unknown job {name!r} (registered: {', '.join(self.names())})")
         unknown = sorted(set(args) - job.mandatory_args - job.optional_args)
@@ -166,6 +162,7 @@ class JobEnv:
     inventory: InventorySource
     buckets: Mapping[str, BucketConfig]
     bucket_store: BucketStore | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)  # the runner's WF_* settings (Settings.job_settings)
 
 
 def inventory_or_arg_error(source: InventorySource, arg: str) -> Inventory:
@@ -181,9 +178,9 @@ def builtin_jobs(env: JobEnv) -> list[Job]:
 
     return [
         disk_erase.DiskEraseJob(env.inventory),
-        exec_cmd.ExecJob(),
-        http_call.HttpJob(),
-        ssh_cmd.SshJob(env.inventory),
+        exec_cmd.ExecJob(env.settings),
+        http_call.HttpJob(env.settings),
+        ssh_cmd.SshJob(env.inventory, env.settings),
         sleep.SleepJob(),
         token_bucket.TokenBucketJob(env.buckets, env.bucket_store),
         validate_decom.ValidateDecomJob(env.inventory),
@@ -197,5 +194,23 @@ def load_jobs(env: JobEnv) -> JobRegistry:
     """The built-in jobs plus those of installed packages (entry-point group `wf.jobs`: each entry
     is a callable taking a JobEnv and returning a job). A name registered twice is refused."""
     registry = JobRegistry(builtin_jobs(env))
-    add_plugins(registry, JOBS_ENTRY_POINTS, "job", env)
+    registry.add_plugins(JOBS_ENTRY_POINTS, env)
     return registry
+
+
+def job_registry_or_exit(
+    settings: Settings, bucket_store: BucketStore | None = None, *, check_inventory: bool = True
+) -> JobRegistry:
+    """The job registry, with the inventory and buckets it needs, for a service's start-up (policy,
+    jobrunner, and the executor, which tells gates apart with it); a clear message and exit 2
+    otherwise. `check_inventory=False` for a service that never validates or runs a job (the executor)."""
+    try:
+        inventory = InventorySource(settings.inventory_dir)
+        if check_inventory:
+            inventory.current()  # fail start-up, not the first submit, on a bad inventory
+        buckets = load_bucket_configs(settings.config_dir / "buckets.json")
+        return load_jobs(JobEnv(inventory=inventory, buckets=buckets, bucket_store=bucket_store,
+                                settings=settings.job_settings))
+    except (InventoryError, BucketConfigError, ValueError) as exc:
+        log.error("startup_failed", error=str(exc))
+        raise SystemExit(2) from None

@@ -99,6 +99,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import ArgError, JobContext, JobError, parse_whole_number
 from .output import Output, SecretError, secret_name
@@ -210,7 +211,7 @@ class ExecUser:
     gid: int
     groups: tuple[int, ...]
 
-    def spawn_args(self) -> dict[str, object]:
+    def spawn_args(self) -> dict[str, Any]:
         """What `create_subprocess_exec` needs to switch to this user (nothing when the runner is it)."""
         if self.uid == os.geteuid() and self.gid == os.getegid():
             return {}
@@ -230,7 +231,7 @@ def resolve_exec_user(spec: str) -> ExecUser:
     return ExecUser(pw.pw_name, pw.pw_uid, pw.pw_gid, groups)
 
 
-def exec_user_problem(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+def exec_user_problem(environ: Mapping[str, str]) -> tuple[str, str] | None:
     """What the runner should say at start about the user exec programs run as: (event, message),
     or None when all is well. Never refuses to start: the exec jobs fail instead."""
     spec = environ.get(EXEC_USER_ENV, "")
@@ -428,7 +429,8 @@ class ExecJob:
     retry_base_s = 1.0
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+        """`environ`: the runner's settings (Settings.job_settings); none: WF_EXEC_USER unset."""
+        env = environ or {}
         # the OS user every program runs as (resolved at each run: a user made later is found)
         self.exec_user = env.get(EXEC_USER_ENV, "")
 
@@ -551,7 +553,7 @@ class ExecJob:
         return ctx.secrets.redact(f"{message}: {last}" if last else message)
 
     @staticmethod
-    async def _drain(pipes_closed: asyncio.Future[object]) -> None:
+    async def _drain(pipes_closed: asyncio.Future[Any]) -> None:
         """The pipes close once every writer is gone: what is still on its way is read (bounded)."""
         await asyncio.wait({pipes_closed}, timeout=1.0)
 

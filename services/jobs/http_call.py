@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import ssl
 import time
@@ -271,7 +270,7 @@ def _same_json(a: object, b: object) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return a == b
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
@@ -413,7 +412,8 @@ class HttpJob:
     retry_base_s = 1.0
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+        """`environ`: the runner's settings (Settings.job_settings); none: WF_HTTP_CA_FILE unset."""
+        env = environ or {}
         # a CA of your own (an internal one) trusted besides the bundled list: WF_HTTP_CA_FILE (PEM)
         self.ca_file = env.get("WF_HTTP_CA_FILE", "")
         self._context: ssl.SSLContext | None = None

@@ -20,22 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
+from services.common.settings import SECRET_SETTING_PREFIX, SECRETS_FILE_SETTING
+
 TAIL_BYTES = 4 * 1024  # in the terminal event and the StatusResp job entry (contract: `output`)
 FULL_BYTES = 256 * 1024  # kept for `wf logs`
 SECRET_PREFIX = "secret:"
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-SECRET_ENV_PREFIX = "WF_SECRET_"
-SECRETS_FILE_ENV = "WF_SECRETS_FILE"
+SECRET_ENV_PREFIX = SECRET_SETTING_PREFIX  # WF_SECRET_<NAME> (services/common/settings.py)
+SECRETS_FILE_ENV = SECRETS_FILE_SETTING
 GIVEN_PER_NAME = 4  # values of one secret remembered after they were given to a job
 LOOK_EVERY_S = 1.0  # how often redaction looks whether the secrets file changed
 MIN_SECRET_LEN = 4  # shorter values are refused: redacting them would mangle every output
+
+
+def output_key(wf_id: str, block: int, job: int) -> str:
+    """A job's key in KV `wf_output` (its whole kept output: the runner writes it, `wf.api.logs` reads it)."""
+    return f"{wf_id}.{block}.{job}"
 
 
 def is_secret_setting(name: str) -> bool:
@@ -76,7 +82,7 @@ class Secrets:
         self._longest = 0
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Secrets:
+    def from_environ(cls, environ: Mapping[str, str]) -> Secrets:
         path = environ.get(SECRETS_FILE_ENV, "")
         env = {k[len(SECRET_ENV_PREFIX):]: v for k, v in environ.items() if k.startswith(SECRET_ENV_PREFIX)}
         return cls(Path(path) if path else None, env)

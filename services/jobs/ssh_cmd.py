@@ -27,7 +27,7 @@ Args:
         a refused login, a retryable failure on the last attempt) is fatal: it cancels the rest
         of its block and stops later blocks.
 
-Runner configuration (its environment, read at each run; never in a WorkReq):
+Runner configuration (its environment, read once at start by services/common/settings.py; never in a WorkReq):
     WF_SSH_KEY: the path of the private key the runner logs in with (unencrypted; a certificate
         beside it as `<path>-cert.pub` is used too). Required: without it the job fails, not retried.
     WF_SSH_KNOWN_HOSTS: the path of an OpenSSH known_hosts file. Required: host keys are ALWAYS
@@ -79,7 +79,6 @@ Code: the arguments and the job here; the run with asyncssh in ssh_session.py (l
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,7 +192,7 @@ class SshJob:
 
     def __init__(self, inventory: InventorySource, environ: Mapping[str, str] | None = None) -> None:
         self.inventory = inventory
-        self._environ = environ  # None: the process's environment, read at each run
+        self._environ = environ  # the runner's settings (Settings.job_settings)
 
     def max_attempts_for(self, args: Mapping[str, str]) -> int:
         """How many times this use of the job may run in all (`attempts`, default 3)."""
@@ -220,5 +219,4 @@ class SshJob:
         # to validate WorkReqs and never run it (about 15 MB less in each)
         from .ssh_session import run_ssh
 
-        environ = os.environ if self._environ is None else self._environ
-        await run_ssh(parse_args(args), environ, ctx)
+        await run_ssh(parse_args(args), self._environ or {}, ctx)

@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import asyncssh
 
@@ -84,9 +85,10 @@ class _Run:
 async def _run_command(run: _Run, a: SshArgs, options: asyncssh.SSHClientConnectionOptions, ctx: JobContext) -> None:
     """Connect, start the command on a terminal and wait for it to end; `run` records how far it got."""
     run.conn = await asyncssh.connect(a.host, a.port, options=options)
-    run.chan, run.session = await run.conn.create_session(
+    run.chan, session = await run.conn.create_session(
         lambda: _Session(ctx), a.command, encoding=None, request_pty="force", term_type="dumb",
         term_modes={asyncssh.PTY_ECHO: 0, asyncssh.PTY_OPOST: 0}, x11_forwarding=False, env={}, send_env=())
+    run.session = cast(_Session, session)  # what the factory above made
     run.chan.write(b"\x04")  # an end of file for the first read of the terminal
     run.chan.write_eof()
     await run.chan.wait_closed()

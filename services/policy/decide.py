@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from schemas import WorkReq, encoder, workreq_decoder
-from services.common.approvals import NONE, Requirement, combine
 from services.jobs import ArgError, JobRegistry, allowed_by
 
+from .approvals import NONE, Requirement, combine
 from .registry import NamedCheck, PolicyConfig, PolicyViolation
 
 

@@ -1,98 +1,74 @@
 """Policies, their typed settings, and `configs/policies.json` (the seed's format).
 
 A policy is built from its Settings once, when the configuration is loaded; a setting that names an
-unregistered job is a configuration error then, not a surprise at submit time."""
+unregistered job is a configuration error then, not a surprise at submit time.
+
+What a policy is made of (`Policy`, `Check`, `ConfigError`, `PolicyViolation`, `parse_settings`...)
+lives in services/policy/vocabulary.py, which the policies import; it is re-exported here, where
+plugins written before it imported it from."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
-from schemas import Job, WorkReq
 from services.common.configfile import load_config
 from services.common.jsonstream import json_stream
-from services.common.plugins import add_plugins
+from services.common.plugins import Registry
 from services.inventory import InventorySource
-from services.jobs import JobRegistry, allowed_by
+from services.jobs import JobRegistry
+
+from .policies import (
+    allow_commands,
+    allow_hosts,
+    allow_urls,
+    max_failures,
+    require_approval,
+    restrict_job_types,
+    same_args,
+    start_or_end,
+)
+from .vocabulary import (
+    Check,
+    ConfigError,
+    Policy,
+    PolicyViolation,
+    guarded_jobs,
+    guarded_uses,
+    json_object_pairs,
+    parse_settings,
+)
+
+__all__ = [
+    "Check",
+    "ConfigError",
+    "NamedCheck",
+    "Policy",
+    "PolicyConfig",
+    "PolicyRegistry",
+    "PolicyViolation",
+    "builtin_policies",
+    "guarded_jobs",
+    "guarded_uses",
+    "json_object_pairs",
+    "load_policies",
+    "load_policy_config",
+    "parse_policy_config",
+    "parse_settings",
+]
 
 
-class ConfigError(ValueError):
-    """The policy configuration cannot be used; the message says where and why."""
+class PolicyRegistry(Registry[Policy]):
+    """Policy name -> policy (services.common.plugins.Registry)."""
 
+    kind = "policy"
 
-class PolicyViolation(Exception):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-Check = Callable[[WorkReq], None]  # raises PolicyViolation
-
-
-class Policy(Protocol):
-    name: str
-
-    def build(self, settings: dict[str, Any], jobs: JobRegistry) -> Check:
-        """Parse the settings (raising ConfigError) and return the check they configure."""
-
-
-class PolicyRegistry:
-    def __init__(self, policies: Iterable[Policy]) -> None:
-        self._policies: dict[str, Policy] = {}
-        for policy in policies:
-            self.add(policy)
-
-    def add(self, policy: Policy) -> None:
-        if policy.name in self._policies:
-            raise ValueError(f"policy {policy.name!r} is registered twice")
-        self._policies[policy.name] = policy
-
-    def get(self, name: str) -> Policy | None:
-        return self._policies.get(name)
-
-    def names(self) -> list[str]:
-        return sorted(self._policies)
-
-
-def guarded_uses(req: WorkReq, guarded: frozenset[str]) -> Iterator[tuple[str, Job]]:
-    """Each use in the WorkReq of a job an allow policy must allow: ("block B job J (name)", the job)."""
-    for b, block in enumerate(req.blocks):
-        for j, job in enumerate(block.jobs):
-            if job.name in guarded:
-                yield f"block {b} job {j} ({job.name})", job
-
-
-def json_object_pairs(text: str) -> list[tuple[str, Any]]:
-    """Every (key, value) of a JSON object given as a job arg, a key repeated included (Python's
-    json keeps only the last, which a check must not miss); ValueError if it is not an object."""
-    pairs: list[tuple[str, Any]] = []
-
-    def hook(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        pairs.extend(items)
-        return dict(items)
-
-    if not isinstance(json.loads(text, object_pairs_hook=hook), dict):
-        raise ValueError("not a JSON object")
-    return pairs
-
-
-def guarded_jobs(jobs: JobRegistry, policy: str) -> frozenset[str]:
-    """The registered jobs that `policy` must allow (their `allowed_by` names it): the allow
-    policies check these, built-in or plugin alike."""
-    return frozenset(name for name in jobs.names() if allowed_by(jobs.get(name)) == policy)
-
-
-def parse_settings(policy: str, struct: type[Any], raw: dict[str, Any]) -> Any:
-    """Typed settings, strictly: unknown keys and wrong types are configuration errors."""
-    try:
-        return msgspec.convert(raw, struct, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"policy {policy!r}: bad Settings: {exc}") from None
+    def __init__(self, policies: Iterable[Policy] = ()) -> None:
+        super().__init__(policies)
 
 
 class _PolicyRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -155,17 +131,6 @@ def load_policy_config(path: Path, policies: PolicyRegistry, jobs: JobRegistry) 
 
 def builtin_policies(inventory: InventorySource | None = None) -> list[Policy]:
     """`inventory`: what allowHosts reads to expand site names (None: a site entry allows no machine)."""
-    from .policies import (
-        allow_commands,
-        allow_hosts,
-        allow_urls,
-        max_failures,
-        require_approval,
-        restrict_job_types,
-        same_args,
-        start_or_end,
-    )
-
     return [
         allow_commands.AllowCommands(),
         allow_hosts.AllowHosts(inventory),
@@ -185,5 +150,5 @@ def load_policies(inventory: InventorySource | None = None) -> PolicyRegistry:
     """The built-in policies plus those of installed packages (entry-point group `wf.policies`:
     each entry is a callable returning a policy). A name registered twice is refused."""
     registry = PolicyRegistry(builtin_policies(inventory))
-    add_plugins(registry, POLICIES_ENTRY_POINTS, "policy")
+    registry.add_plugins(POLICIES_ENTRY_POINTS)
     return registry

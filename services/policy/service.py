@@ -10,11 +10,12 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from schemas import Approved, Rejected, Submitted, event_decoder
-from services.common import workreqs
+from schemas import Approved, Rejected, Submitted, event_decoder, subjects
+from services import workreqs
 from services.common.bus import (
     connect,
     decode_or_terminate,
+    jetstream,
     publish_event,
     stored_verdict,
     times_delivered,
@@ -23,10 +24,9 @@ from services.common.bus import (
 from services.common.lifecycle import bind_durable, fetch_batches, shutdown, start_micro, when_ready
 from services.common.logs import bound
 from services.common.settings import VERSION, Settings
-from services.common.startup import job_registry_or_exit
 from services.common.topology import CONFIG_BUCKET, EVENTS_STREAM, POLICY_CONSUMER
 from services.inventory import InventorySource
-from services.jobs import JobRegistry
+from services.jobs import JobRegistry, job_registry_or_exit
 
 from .config_watch import PolicyConfigWatcher
 from .decide import approval_requirement, decide
@@ -41,7 +41,7 @@ def never_both(verdict: Approved | Rejected) -> dict[str, str]:
     policy file, could otherwise bring the opposite verdict). The same verdict twice is harmless."""
     opposite = "rejected" if isinstance(verdict, Approved) else "approved"
     return {"Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Expected-Last-Subject-Sequence-Subject": f"wf.evt.{verdict.id}.{opposite}"}
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.event(verdict.id, opposite)}
 
 
 async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, watcher: PolicyConfigWatcher) -> None:
@@ -100,13 +100,13 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         log.error("startup_failed", error=str(exc))
         raise SystemExit(2) from None
 
-    nc = await connect(settings.nats_url, "wf-policy")
-    js = nc.jetstream()
+    nc = await connect(settings.nats_url, "wf-policy", ca_file=settings.nats_ca)
+    js = jetstream(nc)
     kv = await when_ready(lambda: js.key_value(CONFIG_BUCKET), stop, what=CONFIG_BUCKET)
     watcher = PolicyConfigWatcher(settings.config_dir / "policies.json", policies, jobs, kv)
     await watcher.reload_if_changed()
     watch_task = asyncio.create_task(watcher.watch(stop))
-    service = await start_micro(nc, "wf-policy", VERSION, "validates jobs and runs policies")
+    service = await start_micro(nc, "wf-policy", VERSION, "validates jobs and runs policies", id_file=settings.service_id_file)
     sub = await bind_durable(nc, EVENTS_STREAM, POLICY_CONSUMER, stop)
     async def guarded(msg: Msg) -> None:
         try:

@@ -40,7 +40,7 @@ def _advance(current: str, new: str) -> str:
 
 
 def new_status(ev: Submitted) -> StatusResp:
-    """The first StatusResp of a submission whose WorkReq is at hand (services.common.workreqs.resolved)."""
+    """The first StatusResp of a submission whose WorkReq is at hand (services.workreqs.resolved)."""
     assert ev.req is not None
     return StatusResp(
         id=ev.id,

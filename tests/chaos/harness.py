@@ -28,6 +28,7 @@ from schemas import (
     encoder,
     event_decoder,
     status_decoder,
+    subjects,
 )
 from services.common.bus import read_history
 from services.common.topology import JOBS_STREAM, STATUS_BUCKET
@@ -204,7 +205,7 @@ async def check_invariants(
         for seq, ev in own:
             if isinstance(ev, JobStarted) and ev.block in block_ended and seq > block_ended[ev.block]:
                 report.violations.append(f"{wf_id}: job {ev.block}.{ev.job} started after its block ended")
-        info = await retrying(lambda: js.stream_info(JOBS_STREAM, subjects_filter=f"wf.cmd.job.{wf_id}.>"))
+        info = await retrying(lambda wf_id=wf_id: js.stream_info(JOBS_STREAM, subjects_filter=subjects.job_commands(wf_id)))
         left = (info.state.subjects or {}) if info.state else {}
         if left:
             report.violations.append(f"{wf_id}: {len(left)} commands left in the work queue")

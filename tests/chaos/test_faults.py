@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from schemas import Approved, ExecRequested, JobCommand, WorkflowEnded, encoder,
 from services.common.bus import read_history
 from services.common.topology import EVENTS_STREAM, LEASES_BUCKET
 from tests.conftest import REPO, RunningSystem, eventually, processes, start_system, wait_for_port
-from wf import client
+from wf import client, launch
 from wf.up import find_nats_server, free_port
 
 from .harness import (
@@ -196,7 +195,7 @@ async def test_kill_nats_server_and_restart_on_same_store(systems) -> None:  # t
         print(f"\nnats-server kill -9: every service answering again after {await back_after:.1f} s; "
               f"{len(accepted)} of 5 submits made during the outage accepted")
         for wf_id in accepted:
-            await eventually(lambda: _verdict(nc, wf_id), 30, what=f"verdict of {wf_id}")
+            await eventually(lambda wf_id=wf_id: _verdict(nc, wf_id), 30, what=f"verdict of {wf_id}")
             await client.execute(nc, wf_id)
         assert_clean(await check_invariants(nc, wf_ids + accepted, reruns_allowed=True), system)
     finally:
@@ -309,15 +308,13 @@ async def test_three_node_cluster_loses_a_node(tmp_path: Path) -> None:
         assert wait_for_port(port), f"cluster node on {port} did not start"
     url = ",".join(f"nats://127.0.0.1:{port}" for port, _ in ports)
     log_path = tmp_path / "wf-up.log"
-    with open(log_path, "wb") as log_file:
-        up = subprocess.Popen([sys.executable, "-m", "wf.cli", "up", "--nats-url", url, "--stream-replicas", "3",
-                               "--data-dir", str(tmp_path / "data"), "--config-dir", str(REPO / "configs"),
-                               "--time-scale", TIME_SCALE, "--runners", "2", "--executors", "2"],
-                              stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
-    system = RunningSystem(up, tmp_path / "data", log_path, url)
+    up = launch.start(tmp_path / "data", "--stream-replicas", "3", "--time-scale", TIME_SCALE, "--runners", "2",
+                      "--executors", "2", log_path=log_path, nats_url=url, config_dir=REPO / "configs", cwd=tmp_path,
+                      with_parent=False)
+    system = RunningSystem(up.proc, tmp_path / "data", log_path, url)
     nc = None
     try:
-        await eventually(lambda: _exists(tmp_path / "data" / "client.env"), 90, what="wf up on the cluster")
+        await up.ready(90)
         nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.25)
         js = nc.jetstream()
         info = await js.stream_info(EVENTS_STREAM)
@@ -335,7 +332,3 @@ async def test_three_node_cluster_loses_a_node(tmp_path: Path) -> None:
         for node in nodes.values():
             node.terminate()
             node.wait(timeout=10)
-
-
-async def _exists(path: Path) -> bool:
-    return path.exists()

@@ -170,7 +170,7 @@ async def test_one_operators_flood_does_not_hold_back_anothers_stop(system):
     to wait once 64 of theirs are queued)."""
     admin = await nats.connect(system.url)
     flooder = await nats.connect(system.operator_url)
-    other_url = json.loads((await asyncio.to_thread(_add_operator, system)))
+    other_url = json.loads(await asyncio.to_thread(_add_operator, system))
     other = await nats.connect(other_url)
     try:
         inbox = flooder.new_inbox()

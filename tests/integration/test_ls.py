@@ -142,7 +142,7 @@ async def test_ls_filters_as_a_person(system):
         assert ids(system, "--paused") == [w["paused"]]
         assert ids(system, "--awaiting-approval") == [w["awaiting"]]  # not_executed needs no approval
         assert set(ids(system, "--since", "1h")) == set(w.values()) - {w["paused"], w["awaiting"]}
-        since = dt.datetime.fromtimestamp(id_time_s(w["failed"]), dt.timezone.utc).isoformat()
+        since = dt.datetime.fromtimestamp(id_time_s(w["failed"]), dt.UTC).isoformat()
         assert w["completed"] not in ids(system, "--since", since) and w["failed"] in ids(system, "--since", since)
         assert ids(system, "--since", "1h", "--name", "SleepDemo", "--status", "running", "--by", who_alice) == [
             w["retrying"]]

@@ -95,14 +95,14 @@ async def test_a_paused_workflow_finishes_its_running_job_starts_nothing_new_and
     alice, bob = people
     try:
         wf_id = await start(alice, sleeps(NAME, 3, 2))
-        await eventually(lambda: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
+        await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
         assert await client.pause(alice, wf_id) == {"id": wf_id}
         status = await eventually(lambda: status_is(pnc, wf_id, "paused"), 5, what="status paused")
         assert status["paused_by"] == "client"
         with pytest.raises(WfError) as again:
             await client.pause(bob, wf_id)
         assert again.value.code == 409 and "already paused" in str(again.value)
-        await eventually(lambda: job_state(pnc, wf_id, 0, "completed"), 10, what="the running job to complete")
+        await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "completed"), 10, what="the running job to complete")
         # 2.5 s more (longer than a job): nothing new started, still paused
         for _ in range(25):
             assert await started_jobs(pnc, wf_id) == [0]
@@ -126,7 +126,7 @@ async def test_a_paused_workflow_finishes_its_running_job_starts_nothing_new_and
         await eventually(lambda: job_state(pnc, wf_id, 1, "completed"), 10, what="job 1 to complete")
         assert await started_jobs(pnc, wf_id) == [0, 1]
         await client.resume(alice, wf_id)
-        final = await eventually(lambda: status_is(pnc, wf_id, "completed"), 20, what="completed")
+        final = await eventually(lambda wf_id=wf_id: status_is(pnc, wf_id, "completed"), 20, what="completed")
         assert final["paused_by"] == "" and not final["had_errors"]
 
         history = await events(pnc, wf_id)
@@ -181,7 +181,7 @@ async def test_cancel_and_stop_win_over_pause(pause_system, pnc):
     kv = await pnc.jetstream().key_value("wf_es")
     # cancel of a paused workflow ends it at once
     wf_id = await start(pnc, sleeps(NAME, 3, 30))
-    await eventually(lambda: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
+    await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
     await client.pause(pnc, wf_id)
     await client.cancel(pnc, wf_id)
     final = await eventually(lambda: status_is(pnc, wf_id, "failed"), 10, what="cancelled")
@@ -192,7 +192,7 @@ async def test_cancel_and_stop_win_over_pause(pause_system, pnc):
 
     # an emergency stop of a paused workflow's name ends it, its running job cancelled
     wf_id = await start(pnc, sleeps(STOP_NAME, 3, 30))
-    await eventually(lambda: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
+    await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
     await client.pause(pnc, wf_id)
     await eventually(lambda: status_is(pnc, wf_id, "paused"), 5, what="paused")
     await kv.put(STOP_NAME, b"stop")
@@ -203,7 +203,7 @@ async def test_cancel_and_stop_win_over_pause(pause_system, pnc):
         # `pause` in wf_es, then `stop`: stop wins too
         await kv.put(STOP_NAME, b"go")
         wf_id = await start(pnc, sleeps(STOP_NAME, 3, 30))
-        await eventually(lambda: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
+        await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
         await kv.put(STOP_NAME, b"pause")
         await kv.put(STOP_NAME, b"stop")
         final = await eventually(lambda: status_is(pnc, wf_id, "failed"), 10, what="stopped")
@@ -217,14 +217,14 @@ async def test_an_emergency_pause_holds_every_workflow_of_its_name_until_go(paus
     other names run on; `go` resumes every one of them to completion."""
     ids = [await start(pnc, sleeps(ES_NAME, 3, 2)) for _ in range(2)]
     for wf_id in ids:
-        await eventually(lambda: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
+        await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "started"), what="job 0 running")
     done = wf_cli(pause_system.operator_url, "es", "pause", ES_NAME, "--why", "maintenance window")
     assert done.returncode == 0, done.stderr
     kv = await pnc.jetstream().key_value("wf_es")
     try:
         assert (await kv.get(ES_NAME)).value == b"pause"
         for wf_id in ids:
-            await eventually(lambda: job_state(pnc, wf_id, 0, "completed"), 10, what="the running job to complete")
+            await eventually(lambda wf_id=wf_id: job_state(pnc, wf_id, 0, "completed"), 10, what="the running job to complete")
         with pytest.raises(WfError) as refused:
             await client.submit(pnc, sleeps(ES_NAME, 1, 1))
         assert refused.value.code == 423 and "pause" in str(refused.value)
@@ -239,7 +239,7 @@ async def test_an_emergency_pause_holds_every_workflow_of_its_name_until_go(paus
         done = wf_cli(pause_system.operator_url, "es", "go", ES_NAME)
         assert done.returncode == 0, done.stderr
         for wf_id in ids:
-            final = await eventually(lambda: status_is(pnc, wf_id, "completed"), 20, what="completed after go")
+            final = await eventually(lambda wf_id=wf_id: status_is(pnc, wf_id, "completed"), 20, what="completed after go")
             assert not final["had_errors"]
     finally:
         await kv.put(ES_NAME, b"go")

@@ -18,7 +18,7 @@ import nats
 import nats.errors
 import pytest
 
-from services.common.es import emergency_stop_changes, enforced_emergency_stops
+from services.safety.stops import emergency_stop_changes, enforced_emergency_stops
 from tests.conftest import REPO, eventually
 from wf import client
 

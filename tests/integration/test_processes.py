@@ -19,7 +19,7 @@ from schemas import JobCompleted, JobStarted, event_decoder
 from services.common.bus import read_history
 from services.common.ids import id_time_s
 from tests.conftest import REPO, descendants, eventually, processes, start_system, wait_terminal
-from wf import client
+from wf import client, launch
 from wf.up import find_nats_server, free_port
 
 pytestmark = pytest.mark.integration
@@ -220,14 +220,11 @@ async def test_wf_up_uses_an_external_server_with_nats_url(tmp_path):
     try:
         url = f"nats://127.0.0.1:{port}"
         data_dir = tmp_path / "data"
-        proc = subprocess.Popen([sys.executable, "-m", "wf.cli", "up", "--nats-url", url, "--data-dir", str(data_dir),
-                                 "--config-dir", str(REPO / "configs"), "--time-scale", "0"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        up = launch.start(data_dir, "--time-scale", "0", log_path=tmp_path / "wf-up.log", nats_url=url,
+                          config_dir=REPO / "configs", with_parent=False)
+        proc = up.proc
         try:
-            async def ready():
-                return (data_dir / "client.env").exists()
-
-            await eventually(ready, 60, what="client.env")
+            await up.ready(60)
             assert (data_dir / "client.env").read_text() == f"WF_NATS_URL={url}\n"
             nc = await nats.connect(url)
             try:

@@ -124,9 +124,8 @@ async def test_a_workflow_is_never_both_approved_and_rejected(nats_server: str) 
     from nats.js.errors import APIError
 
     from schemas import Approved, Rejected
-    from services.common.bus import publish_event
+    from services.common.bus import publish_event, wrong_last_sequence
     from services.common.topology import ensure_topology
-    from services.common.bus import wrong_last_sequence
     from services.policy.service import never_both
 
     nc = await nats.connect(nats_server)

@@ -27,12 +27,12 @@ from schemas import (
 )
 from services.buckets import BucketConfig, BucketStore, load_bucket_configs
 from services.common.bus import last_event, publish_event, read_history
-from services.common.es import EmergencyStops
 from services.common.ids import new_id
 from services.common.topology import JOBS_STREAM, RUNNER_CONSUMER, ensure_topology
 from services.inventory import InventorySource
 from services.jobrunner.runner import JobRunner
 from services.jobs import JobEnv, JobRegistry, builtin_jobs
+from services.safety.stops import EmergencyStops
 from tests.conftest import REPO, eventually, start_system
 from wf import client
 from wf.client import WfError
@@ -269,7 +269,7 @@ async def test_a_dispatch_bucket_holds_the_command_rate_across_several_executors
 
 
 async def test_es_json_seeds_wf_es_without_lifting_an_operators_stop_and_a_bad_file_stops_all(nats_server, tmp_path):
-    from services.common.es_seed import seed_emergency_stops
+    from services.safety.seed import seed_emergency_stops
 
     nc = await nats.connect(nats_server)
     try:

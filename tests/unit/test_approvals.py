@@ -23,7 +23,7 @@ from schemas import (
     summarise,
     workreq_decoder,
 )
-from services.common.approvals import (
+from services.policy.approvals import (
     NONE,
     GivenApproval,
     Requirement,

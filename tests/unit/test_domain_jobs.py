@@ -156,7 +156,7 @@ def test_the_wait_for_a_token_is_never_longer_than_one_interval():
     ],
 )
 def test_a_bad_es_json_is_refused(text, fragment):
-    from services.common.es import EsConfigError, parse_es_config
+    from services.safety.stops import EsConfigError, parse_es_config
 
     with pytest.raises(EsConfigError, match=fragment):
         parse_es_config(text)

@@ -1,11 +1,11 @@
-"""The emergency-stop view (services/common/es.py): what a follower of `wf_es` holds, replayed from
+"""The emergency-stop view (services/safety/stops.py): what a follower of `wf_es` holds, replayed from
 messages as the bucket's stream delivers them, and when it must read the whole bucket again."""
 
 import asyncio
 from types import SimpleNamespace
 
-import services.common.es as es_module
-from services.common.es import EmergencyStops, EsMessage, EsView, es_message
+import services.safety.stops as es_module
+from services.safety.stops import EmergencyStops, EsMessage, EsView, es_message
 
 
 def put(key, seq, value="go", rollup_all=False):

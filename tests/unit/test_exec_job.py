@@ -283,7 +283,7 @@ async def test_what_it_left_running_after_it_exits_is_ended():
 
 
 def test_the_runner_gives_each_use_its_own_attempts():
-    from services.jobrunner.runner import max_attempts
+    from services.jobrunner.verdict import max_attempts
 
     assert max_attempts(ExecJob(), valid()) == 1
     assert max_attempts(ExecJob(), valid(attempts="3")) == 3

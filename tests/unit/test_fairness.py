@@ -134,14 +134,16 @@ def test_default_limits_keep_one_caller_below_everyone():
     assert Settings.from_env({"WF_MAX_IN_FLIGHT": "2"}).max_in_flight_per_caller == 1  # never 0
 
 
-def test_an_endpoint_reads_the_per_caller_limit_from_the_environment(monkeypatch):
+def test_the_per_caller_limit_comes_from_the_settings_else_a_quarter():
     async def handler(request: object) -> bytes:
         return b""
 
-    monkeypatch.delenv("WF_MAX_IN_FLIGHT_PER_CALLER", raising=False)
-    assert ConcurrentEndpoint("submit", handler, 40).max_in_flight_per_caller == 10
-    monkeypatch.setenv("WF_MAX_IN_FLIGHT_PER_CALLER", "7")
-    assert ConcurrentEndpoint("submit", handler, 40).max_in_flight_per_caller == 7
+    assert Settings.from_env({}).max_in_flight_per_caller == 10
+    assert Settings.from_env({"WF_MAX_IN_FLIGHT_PER_CALLER": "7"}).max_in_flight_per_caller == 7
+    assert Settings.from_env({"WF_MAX_IN_FLIGHT": "100"}).max_in_flight_per_caller == 25
+    settings = Settings.from_env({"WF_MAX_IN_FLIGHT_PER_CALLER": "7"})
+    endpoint = ConcurrentEndpoint("submit", handler, settings.max_in_flight, settings.max_in_flight_per_caller)
+    assert (endpoint.max_in_flight, endpoint.max_in_flight_per_caller) == (40, 7)
 
 
 def test_default_share_of_runner_slots_is_half_of_all_the_runners_slots():

@@ -122,8 +122,8 @@ def test_a_status_too_large_for_one_message_is_written_as_a_summary_that_counts_
     import json
 
     from schemas import StoredReq, omits_jobs
-    from services.common.workreqs import HEADROOM
-    from services.status.service import encode_status
+    from services.status.storage import encode_status
+    from services.workreqs import HEADROOM
     from wf.render import render, summary_line
 
     status = fold(history(fail_job=True))
@@ -249,7 +249,7 @@ def test_outputs_are_cut_before_a_status_is_summarised():
     """300 jobs of 4 KiB output each do not fit a 1 MiB message: the outputs are cut (wf logs has
     them), every job entry is kept; only a status still too large becomes a summary."""
     from schemas import BlockStatus, JobStatus, StatusResp, status_decoder
-    from services.status.service import OUTPUT_SHORT, encode_status
+    from services.status.storage import OUTPUT_SHORT, encode_status
 
     jobs = [JobStatus(name="exec", desc="", args={}, status="completed", output="x" * 4000 + f"end {n}")
             for n in range(300)]

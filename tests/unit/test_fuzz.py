@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from schemas import DECODE_ERRORS, command_decoder, event_decoder, workreq_decoder
 from services.buckets import BucketConfigError, parse_bucket_configs
 from services.common.endpoint import ApiError, decode_id
-from services.common.es import EsConfigError, parse_es_config
-from services.intake.limits import Limits, check_limits
+from services.intake.workreq_limits import Limits, check_limits
 from services.inventory import InventoryError, load_inventory
 from services.policy.decide import decide
 from services.policy.registry import ConfigError, parse_policy_config
+from services.safety.stops import EsConfigError, parse_es_config
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

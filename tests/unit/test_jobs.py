@@ -42,8 +42,8 @@ def test_parse_whole_number_is_the_helper_for_plugins():
 
 def test_a_runner_reports_any_failure_of_a_gate_as_fatal(jobs):
     from schemas import JobCommand
-    from services.common.es import EmergencyStops
     from services.jobrunner.runner import JobRunner
+    from services.safety.stops import EmergencyStops
 
     runner = JobRunner(None, jobs, 0.0, EmergencyStops(), max_deliveries=5)  # type: ignore[arg-type]
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from schemas import workreq_decoder
-from services.intake.limits import Limits, check_limits
+from services.intake.workreq_limits import Limits, check_limits
 
 SMALL = Limits(max_request_bytes=10_000, max_blocks=3, max_jobs_per_block=4, max_jobs=6, max_args_per_job=2,
                max_arg_key_len=5, max_arg_value_len=8, max_desc_len=10)

@@ -12,7 +12,8 @@ import pytest
 from schemas import JobFailed, JobStarted, StatusResp, Submitted, WorkReq, encoder
 from services.common.ids import encode, id_time_s
 from services.status import fold
-from wf.cli import build_parser, ls_filters
+from wf.commands.parser import build_parser
+from wf.commands.workflows import ls_filters
 from wf.ls import Filters, Newest, _ack_fields, id_floor, parse_duration, parse_since, row_decoder
 
 NOW = 1_800_000_000.0

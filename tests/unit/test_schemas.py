@@ -58,7 +58,7 @@ def test_bad_workreqs_are_refused_with_a_message_naming_the_problem(body, fragme
 
 def test_rate_limit_below_one_means_one():
     req = workreq_decoder.decode(b'{"name": "X", "blocks": [{"rate_limit": -3, "jobs": [{"name": "sleep"}]}]}')
-    assert req.blocks[0].effective_rate_limit == 1
+    assert req.blocks[0].jobs_in_flight_cap == 1
 
 
 def test_event_subjects_follow_the_contract():

@@ -168,7 +168,7 @@ def test_numbers_past_their_bounds_are_refused_naming_the_field(body, fragment):
 def test_numbers_within_bounds_are_accepted():
     req = workreq_decoder.decode(('{"name": "X", "max_failures": 1000000, "blocks": [{"rate_limit": 10000, "jobs": [%s]},'
                                   '{"rate_limit": -10000, "jobs": [%s]}]}' % (JOB, JOB)).encode())
-    assert req.blocks[1].effective_rate_limit == 1 and req.max_failures == 1_000_000
+    assert req.blocks[1].jobs_in_flight_cap == 1 and req.max_failures == 1_000_000
 
 
 # ---------------------------------------------------------------- policies.json

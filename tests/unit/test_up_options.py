@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wf.cli import build_parser, _replicas
+from wf.commands.parser import build_parser
+from wf.commands.system import _replicas
 from wf.up import write_server_config
 
 

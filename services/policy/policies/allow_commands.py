@@ -55,7 +55,7 @@ from services.jobs import ArgError, JobRegistry
 from services.jobs.exec_cmd import parse_argv
 from services.jobs.output import SECRET_NAME_RE, SECRET_PREFIX
 
-from ..registry import (
+from ..vocabulary import (
     Check,
     ConfigError,
     PolicyViolation,

@@ -52,7 +52,7 @@ from services.inventory import Inventory, InventoryError, InventorySource
 from services.jobs import ArgError, JobRegistry, parse_whole_number
 from services.jobs.ssh_cmd import DEFAULT_PORT, parse_user
 
-from ..registry import Check, ConfigError, PolicyViolation, guarded_jobs, guarded_uses, parse_settings
+from ..vocabulary import Check, ConfigError, PolicyViolation, guarded_jobs, guarded_uses, parse_settings
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -40,7 +40,7 @@ from services.jobs import ArgError, JobRegistry
 from services.jobs.http_call import parse_url
 from services.jobs.output import SECRET_PREFIX
 
-from ..registry import (
+from ..vocabulary import (
     Check,
     ConfigError,
     PolicyViolation,

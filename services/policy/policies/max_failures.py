@@ -19,7 +19,7 @@ from msgspec import Meta
 from schemas import WorkReq
 from services.jobs import JobRegistry
 
-from ..registry import Check, PolicyViolation, parse_settings
+from ..vocabulary import Check, PolicyViolation, parse_settings
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

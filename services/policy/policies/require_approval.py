@@ -22,10 +22,10 @@ import msgspec
 from msgspec import Meta
 
 from schemas import WorkReq
-from services.common.approvals import Requirement
 from services.jobs import JobRegistry
 
-from ..registry import Check, parse_settings
+from ..approvals import Requirement
+from ..vocabulary import Check, parse_settings
 
 MAX_APPROVERS = 10
 

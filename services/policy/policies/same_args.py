@@ -19,7 +19,7 @@ import msgspec
 from schemas import WorkReq
 from services.jobs import JobRegistry
 
-from ..registry import Check, ConfigError, PolicyViolation, parse_settings
+from ..vocabulary import Check, ConfigError, PolicyViolation, parse_settings
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,6 +1,9 @@
-"""Dispatch limits: a bucket in buckets.json that lists `jobs` is taken by the executor before it
-emits each command for those jobs, across all workflows and all executor replicas (the bucket's
-state is shared in KV `wf_buckets`): a global rate per kind of work."""
+"""Token buckets taken at dispatch (`DispatchLimits`): a bucket in buckets.json that lists `jobs`
+is taken by the executor before it emits each command for those jobs, across all workflows and all
+executor replicas (the bucket's state is shared in KV `wf_buckets`): a global rate per kind of work.
+
+Not to be confused with a block's `rate_limit`, which is no rate but the most jobs of the block in
+flight at once, enforced in services/executor/progress.py (`WorkflowProgress.decide`)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ the server authenticated. wf-intake writes it to the bucket with the KV protocol
 unchanged and three of its own: `Wf-By` (that identity, never the sender's claim), `Wf-At` (UTC) and
 `Wf-Why` (the sender's reason, if any), then relays JetStream's answer (a PubAck or its error) so
 every KV client works as against the bucket itself. The latest change of each name, with who, when
-and why, is what `wf es show` prints (services/common/es.py reads the headers), and each change is
+and why, is what `wf es show` prints (services/safety/stops.py reads the headers), and each change is
 logged (`emergency_stop_written`).
 
 Only the KV protocol's own headers pass (`KV-Operation: DEL|PURGE`, `Nats-Rollup: sub`,
@@ -33,15 +33,16 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from schemas import subjects
 from schemas.subjects import ES_GATE_MIRROR_PREFIX, ES_GATE_PREFIX
 from services.common.identity import caller
 from services.common.topology import ES_BUCKET
 
+from .stops import AT, BY, WHY
+
 log = structlog.get_logger()
 
-BY_HEADER = "Wf-By"
-AT_HEADER = "Wf-At"
-WHY_HEADER = "Wf-Why"
+BY_HEADER, AT_HEADER, WHY_HEADER = BY, AT, WHY  # what the followers read back (stops.py)
 PASSED = {"kv-operation": ("KV-Operation", {"DEL", "PURGE"}), "nats-rollup": ("Nats-Rollup", {"sub"}),
           "nats-expected-last-subject-sequence": ("Nats-Expected-Last-Subject-Sequence", None)}
 MAX_VALUE = 1024
@@ -113,7 +114,7 @@ class EsGate:
         """Queue the write under its sender (never waits: the subscription is never held up)."""
         # a JetStream delivery keeps its stored subject (and no stream stores these) and has a `$JS.`
         # reply; a plain publish with no reply (`nats pub '$KV.wf_es.NAME' stop`) is a stop all the same
-        if not msg.subject.startswith(("wf.gate.es.", "wf.gate.es_mirror.")) or msg.reply.startswith("$JS."):
+        if not msg.subject.startswith((f"{ES_GATE_PREFIX}.", f"{ES_GATE_MIRROR_PREFIX}.")) or msg.reply.startswith(f"{subjects.JS_ROOT}."):
             log.warning("es_gate_ignored", reason="a JetStream delivery, not a write")
             return
         who = caller(msg.headers).name
@@ -157,7 +158,7 @@ class EsGate:
             await self._answer(msg, js_error(400, headers))
             return
         try:
-            reply = await self.nc.request(f"$KV.{ES_BUCKET}.{key}", msg.data, timeout=WRITE_TIMEOUT_S, headers=headers)
+            reply = await self.nc.request(subjects.kv(ES_BUCKET, key), msg.data, timeout=WRITE_TIMEOUT_S, headers=headers)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("emergency_stop_write_failed", workreq=key, by=who, error=repr(exc))
             await self._answer(msg, js_error(503, f"the emergency-stop bucket did not answer ({type(exc).__name__}); retry"))

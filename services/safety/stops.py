@@ -32,6 +32,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -41,9 +42,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from .configfile import load_config
-from .jsonstream import json_stream
-from .topology import ES_BUCKET
+from schemas import subjects
+from services.common.configfile import load_config
+from services.common.jsonstream import json_stream
+from services.common.topology import ES_BUCKET
 
 log = structlog.get_logger()
 GO = "go"
@@ -89,7 +91,8 @@ Listener = Callable[[str, str], None]  # (WorkReq name, its state now: GO, PAUSE
 
 def state_of(value: str | None) -> str:
     """The state a value means: exactly `go` or `pause`, else (missing, anything else) `stop`."""
-    return value if value in (GO, PAUSE) else STOP  # type: ignore[return-value]
+    return value if value is not None and value in (GO, PAUSE) else STOP
+
 
 VERIFY_S = 0.25  # how often a follower checks what it holds against the stream's own state
 BEHIND_LIMIT_S = 2.0  # a follower this far behind the stream reads the whole bucket again
@@ -98,7 +101,7 @@ SNAPSHOT_TIMEOUT_S = 10.0
 KV_OPERATION = "KV-Operation"
 MARKER_REASON = "Nats-Marker-Reason"  # server-placed markers (2.11+): MaxAge, Purge, Remove
 ROLLUP = "Nats-Rollup"
-BY, AT, WHY = "Wf-By", "Wf-At", "Wf-Why"  # who changed a name, when, why (services/intake/es_gate.py)
+BY, AT, WHY = "Wf-By", "Wf-At", "Wf-Why"  # who changed a name, when, why (services/safety/gate.py)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class EsMessage:
 @dataclass(frozen=True)
 class Change:
     """Who wrote a name's last message, when and why: the emergency-stop gate's headers
-    (services/intake/es_gate.py), or the admin's `wf es` and `wf up`'s seeding."""
+    (services/safety/gate.py), or the admin's `wf es` and `wf up`'s seeding."""
 
     by: str
     at: str = ""
@@ -122,7 +125,7 @@ class Change:
 
 def es_message(subject: str, seq: int, headers: dict[str, str] | None, data: bytes, bucket: str = ES_BUCKET) -> EsMessage | None:
     """One message of the bucket's stream, read as the KV protocol means it (None: not a key of it)."""
-    prefix = f"$KV.{bucket}."
+    prefix = subjects.kv_prefix(bucket)
     if not subject.startswith(prefix):
         return None
     headers = headers or {}
@@ -180,7 +183,7 @@ async def _subscribe(js: JetStreamContext, bucket: str, queue: asyncio.Queue[Msg
         queue.put_nowait(msg)
 
     return await js.subscribe(
-        f"$KV.{bucket}.>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
+        subjects.kv_all(bucket), stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=2.0, inactive_threshold=300.0,
     )
 
@@ -234,9 +237,9 @@ async def emergency_stop_changes(nc: Client, timeout_s: float = 2.0) -> dict[str
             for k, v in changes.items() if isinstance(v, dict)} if isinstance(changes, dict) else {}
 
 
-async def _reported(nc: Client, timeout_s: float) -> dict | None:  # type: ignore[type-arg]
+async def _reported(nc: Client, timeout_s: float) -> dict[str, Any] | None:
     try:
-        reply = await nc.request(f"$SRV.STATS.{REPORTING_SERVICE}", b"", timeout=timeout_s)
+        reply = await nc.request(subjects.micro_stats(REPORTING_SERVICE), b"", timeout=timeout_s)
         stats = json.loads(reply.data)
     except (nats.errors.Error, TimeoutError, ValueError):
         return None
@@ -272,7 +275,7 @@ class EmergencyStops:
     def snapshot(self) -> dict[str, str]:
         return dict(self._values)
 
-    def stats_data(self, endpoint: str) -> dict[str, dict[str, str]] | None:
+    def stats_data(self, endpoint: str) -> dict[str, dict[str, str] | dict[str, dict[str, str]]] | None:
         """For `start_micro(stats_handler=...)`: the reporting endpoint's `data` in `$SRV.STATS`."""
         if endpoint != REPORTING_ENDPOINT:
             return None

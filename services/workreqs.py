@@ -23,10 +23,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectMetaOptions
 
-from schemas import Event, StoredReq, Submitted, WorkReq, event_decoder, workreq_decoder
-
-from .bus import last_event
-from .topology import WORKREQ_BUCKET
+from schemas import Event, StoredReq, Submitted, WorkReq, event_decoder, subjects, workreq_decoder
+from services.common.bus import last_event
+from services.common.topology import WORKREQ_BUCKET
 
 # Room left in a message for its headers (KV and JetStream add their own) and the event's envelope.
 HEADROOM = 16 * 1024
@@ -95,6 +94,8 @@ async def resolved(js: JetStreamContext, ev: Event) -> Event:
 async def submitted(js: JetStreamContext, wf_id: str) -> Submitted | None:
     """The workflow's `submitted` event with its WorkReq at hand; None if it was never submitted.
     Raises StoredReqMissing when its stored WorkReq is gone."""
-    msg = await last_event(js, f"wf.evt.{wf_id}.submitted")
-    ev = event_decoder.decode(msg.data) if msg is not None else None
-    return await resolved(js, ev) if isinstance(ev, Submitted) else None  # type: ignore[return-value]
+    msg = await last_event(js, subjects.event(wf_id, "submitted"))
+    ev = event_decoder.decode(msg.data or b"") if msg is not None else None
+    if not isinstance(ev, Submitted):
+        return None
+    return msgspec.structs.replace(ev, req=await load(js, ev)) if ev.req is None else ev

@@ -1,19 +1,21 @@
-"""services/common/pull.py against a real nats-server: a consumer gets each message when it arrives
+"""services/common/consumer_reader.py against a real nats-server: a consumer gets each message when it arrives
 (not when a batch fills or a pull request expires), never more than it asked for, and nothing is
 lost; a consumer that disappears is reported and not hammered with requests."""
 
 import asyncio
 import random
+import subprocess
 import time
 from collections.abc import AsyncIterator
 
 import nats
+import nats.errors
 import pytest
 import structlog.testing
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from services.common.pull import Puller
+from services.common.consumer_reader import ConsumerReader
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -43,7 +45,7 @@ async def test_each_message_is_handed_over_when_it_arrives(nc: Client) -> None:
     next one came or that request expired (up to the whole timeout); healthy hand-overs take
     milliseconds."""
     js = nc.jetstream()
-    puller = Puller(nc, "P", "c")
+    puller = ConsumerReader(nc, "P", "c")
     await puller.subscribe()
     sent: dict[bytes, float] = {}
     waited: dict[bytes, float] = {}
@@ -80,7 +82,7 @@ async def test_never_more_than_asked_for_in_order_and_nothing_lost(nc: Client) -
     js = nc.jetstream()
     for i in range(25):
         await js.publish(f"p.{i}.in", str(i).encode())
-    puller = Puller(nc, "P", "c")
+    puller = ConsumerReader(nc, "P", "c")
     await puller.subscribe()
     got: list[int] = []
     while len(got) < 25:
@@ -94,7 +96,7 @@ async def test_never_more_than_asked_for_in_order_and_nothing_lost(nc: Client) -
 
 
 async def test_after_an_idle_expiry_the_next_message_still_comes(nc: Client) -> None:
-    puller = Puller(nc, "P", "c")
+    puller = ConsumerReader(nc, "P", "c")
     await puller.subscribe()
     assert await puller.take(5, timeout=0.2) == []  # its request expires on the server
     await nc.jetstream().publish("p.late.in", b"late")  # after the expiry
@@ -112,7 +114,7 @@ async def test_a_deleted_consumer_is_reported_and_not_hammered(nc: Client) -> No
         requests.append(time.monotonic())
 
     await nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.P.c", cb=count)
-    puller = Puller(nc, "P", "c")
+    puller = ConsumerReader(nc, "P", "c")
     await puller.subscribe()
 
     async def requested() -> bool:
@@ -131,7 +133,7 @@ async def test_a_deleted_consumer_is_reported_and_not_hammered(nc: Client) -> No
 
 async def test_settling_gathers_the_rest_of_a_batch_but_not_when_it_is_full(nc: Client) -> None:
     js = nc.jetstream()
-    puller = Puller(nc, "P", "c")
+    puller = ConsumerReader(nc, "P", "c")
     await puller.subscribe()
     for i in range(10):
         await js.publish(f"p.{i}.in", str(i).encode())
@@ -153,3 +155,87 @@ async def test_settling_gathers_the_rest_of_a_batch_but_not_when_it_is_full(nc: 
     gathered = await puller.take(10, timeout=5.0, settle_s=5.0)
     await rest
     assert [int(m.data) for m in gathered] == list(range(10, 20))  # one batch, not 3 then 7
+
+
+async def test_a_request_the_server_forgot_is_replaced_once_its_heartbeats_stop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A server restarted under an open pull request forgets it. The request asked for idle
+    heartbeats; once they stop, the reader makes a new one, so a message stored after the restart
+    is handed over in seconds, not when the forgotten request would have expired (20 s here)."""
+    from tests.conftest import free_port, wait_for_port
+    from wf.up import find_nats_server
+
+    port = free_port()
+    argv = [find_nats_server(None), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for_port(port, 10)
+        conn = await nats.connect(f"nats://127.0.0.1:{port}", max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = conn.jetstream()
+        await js.add_stream(StreamConfig(name="P", subjects=["p.>"]))
+        await js.add_consumer("P", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT))
+        reader = ConsumerReader(conn, "P", "c")
+        await reader.subscribe()
+        with structlog.testing.capture_logs() as logs:
+            take = asyncio.create_task(reader.take(1, timeout=20.0))
+            await asyncio.sleep(0)  # its request is sent
+            await eventually(lambda: _flushed(conn), 5, what="the pull request to reach the server")
+            server.kill()
+            server.wait(timeout=10)
+            server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert wait_for_port(port, 10)
+            await eventually(lambda: _connected(conn), 10, what="the reconnect")
+            await eventually(lambda: _published(js), 10, what="the stream to take a message after the restart")
+            started = time.monotonic()
+            msgs = await take
+        assert [m.data for m in msgs] == [b"after"]
+        assert time.monotonic() - started < 12, "waited for the forgotten request's expiry"
+        assert any(e["event"] == "pull_request_lost" for e in logs), logs
+        assert not any(e["event"] == "pull_request_refused" for e in logs), logs  # the heartbeat was accepted
+        await conn.close()
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+async def _flushed(conn: Client) -> bool:
+    await conn.flush(timeout=2)
+    return True
+
+
+async def _connected(conn: Client) -> bool:
+    return conn.is_connected
+
+
+async def _published(js) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        await js.publish("p.x", b"after", timeout=1)
+        return True
+    except (nats.errors.Error, TimeoutError):
+        return False
+
+
+async def test_a_busy_service_does_not_take_its_open_request_for_lost(nc: Client) -> None:
+    """The service holds the event loop (a long batch) while its request is open: the heartbeats
+    wait unread on the socket. The next take must not count that time as silence and open a second
+    request beside the first (which would break the credit count)."""
+    requests: list[float] = []
+
+    async def count(msg) -> None:  # type: ignore[no-untyped-def]
+        requests.append(time.monotonic())
+
+    await nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.P.c", cb=count)
+    js = nc.jetstream()
+    reader = ConsumerReader(nc, "P", "c")
+    await reader.subscribe()
+    await js.publish("p.a.in", b"first")
+    with structlog.testing.capture_logs() as logs:
+        [first] = await reader.take(5, timeout=4.0)  # its request stays open: 4 more, 1 s heartbeats
+        await first.ack()
+        time.sleep(3.5)  # the loop held: three heartbeats come and wait unread
+        assert await reader.take(5, timeout=0.3) == []
+        await js.publish("p.b.in", b"second")
+        [second] = await reader.take(5, timeout=3.0)
+        await second.ack()
+    assert second.data == b"second"
+    assert not any(e["event"] == "pull_request_lost" for e in logs), logs
+    assert len(requests) == 1, f"{len(requests)} pull requests, one was open all along"

@@ -1,14 +1,16 @@
-"""Limits on what one submission may ask for, checked at submit (pure: unit tests call it directly).
+"""Limits on what one submitted WorkReq may ask for, checked at submit (pure: unit tests call it directly).
 
-Each limit is configurable through the environment; the defaults fit the 50,000-job workflows of
-the benchmark with room to spare. A WorkReq above the server's max payload comes in parts
+Each limit is configurable through the environment (`WF_MAX_BLOCKS` and so on, read by
+services/common/settings.py into `Settings.submit_limits`); the defaults here fit the 50,000-job
+workflows of the benchmark with room to spare. A WorkReq above the server's max payload comes in parts
 (`wf.api.upload`), so its size limit is its own, not the server's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from schemas import WorkReq
+from services.common.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,9 +25,14 @@ class Limits:
     max_desc_len: int = 1_024  # the WorkReq's, each block's and each job's
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The defaults, but for those the environment set (`Settings.submit_limits`)."""
+        return cls(**{name: int(value) for name, value in settings.submit_limits.items()})
+
+    @classmethod
     def from_env(cls, env: dict[str, str]) -> Limits:
-        """`WF_MAX_BLOCKS=50` and so on: each field's name in capitals, after `WF_`."""
-        return cls(**{f.name: int(env[f"WF_{f.name.upper()}"]) for f in fields(cls) if f"WF_{f.name.upper()}" in env})
+        """`WF_MAX_BLOCKS=50` and so on in `env` (read as `Settings.from_env` reads it)."""
+        return cls.from_settings(Settings.from_env(env))
 
 
 def _over(what: str, size: int, limit: int, setting: str) -> str:

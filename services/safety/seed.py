@@ -13,7 +13,7 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from .es import GO, STOP, EsConfigError, load_es_config
+from .stops import GO, STOP, EsConfigError, load_es_config
 
 log = structlog.get_logger()
 
@@ -35,7 +35,7 @@ async def seed_emergency_stops(kv: KeyValue, path: Path) -> dict[str, str]:
             await kv.create(name, GO.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             log.info("es_kept", workreq=name, reason="already set; es.json seeds only new names with go")
-    return {key: (await kv.get(key)).value.decode() for key in await _keys(kv)}  # type: ignore[union-attr]
+    return {key: ((await kv.get(key)).value or b"").decode() for key in await _keys(kv)}
 
 
 async def _keys(kv: KeyValue) -> list[str]:
