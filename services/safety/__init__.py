@@ -16,8 +16,8 @@ Where a stop acts (each service reacts on its own; none waits for another):
 | wf-jobrunner | cancels the running jobs of the name (their tasks) | jobrunner/runner.py `JobRunner.on_emergency_stop` -> `JobRunner._cancel` |
 | wf-jobrunner | drops not-yet-started commands of the name, unrun | jobrunner/runner.py `JobRunner._facts` (`es_stopped`) -> jobrunner/verdict.py `verdict` |
 | wf-status | shows `was_es_stopped` | status/fold.py `apply` (from the `workflow.*` event) |
-| `wf es stop/go/show` | writes a name; prints what intake enforces | wf/cli.py `cmd_es` -> safety/stops.py `enforced_emergency_stops`, `read_emergency_stops` |
-| `wf up` | seeds the bucket from configs/es.json | wf/up.py `run` -> safety/seed.py `seed_emergency_stops` |
+| `wf es stop/go/show` | writes a name; prints what intake enforces | wf/commands/es.py `cmd_es` -> safety/stops.py `enforced_emergency_stops`, `read_emergency_stops` |
+| `wf up`, `wf setup` | seed the bucket from configs/es.json | wf/up.py `System.run`, wf/commands/system.py `cmd_setup` -> safety/seed.py `seed_emergency_stops` |
 
 So an emergency stop halts running work in two places at once: the executor (no new command for the
 name: `Executor.on_emergency_stop`) and the runners (running jobs cancelled, queued ones dropped:
