@@ -16,7 +16,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import PubAck, RawStreamMsg
 from nats.js.kv import KeyValue
 
 from schemas import (
@@ -36,7 +36,11 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 ACK_TIMEOUT_S = 5.0
+# JetStream's publish headers: the duplicate window's id, and the check that a subject's last stored
+# message is at a given sequence (0: none), on the published subject or on another one
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 # JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence` check
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 
@@ -117,11 +121,11 @@ def times_delivered(msg: Msg) -> int:
     return msg.metadata.num_delivered  # the newer form, with domain and account hash
 
 
-async def publish_event(js: JetStreamContext, ev: Event, headers: dict[str, str] | None = None) -> int:
-    """Publish one event and wait for the stream's ack; returns its stream sequence."""
+async def publish_event(js: JetStreamContext, ev: Event, headers: dict[str, str] | None = None) -> PubAck:
+    """Publish one event (its `Nats-Msg-Id`, then `headers`) and return the stream's ack (`duplicate`:
+    it was stored already)."""
     hdrs = {MSG_ID: event_msg_id(ev), **(headers or {})}
-    ack = await js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S, headers=hdrs)
-    return ack.seq
+    return await js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S, headers=hdrs)
 
 
 async def publish_all(js: JetStreamContext, events: Iterable[Event], commands: Iterable[JobCommand] = ()) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import msgspec
 import structlog
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
@@ -25,6 +26,8 @@ from schemas import DECODE_ERRORS, encoder, id_request_decoder
 from .identity import caller
 from .ids import is_valid_id
 from .strictjson import find_duplicate_key
+
+T = TypeVar("T")
 
 log = structlog.get_logger()
 
@@ -173,15 +176,26 @@ def stats_data(endpoints: dict[str, ConcurrentEndpoint], stats: EndpointStats) -
     return endpoint.stats_data() if endpoint is not None else {}
 
 
-def decode_id(data: bytes) -> str:
-    """The id of an `{"id": ID}` request; 400 for a bad body, 404 for what cannot be an id."""
+def decode_body(data: bytes, decoder: msgspec.json.Decoder[T], shape: str) -> T:
+    """A request body decoded strictly: 400 saying the `shape` it must have for what is not that
+    JSON, or repeats a key (msgspec keeps a repeated key's last value: what was meant is unclear)."""
     try:
-        wf_id = id_request_decoder.decode(data).id
+        body = decoder.decode(data)
     except DECODE_ERRORS as exc:
-        raise ApiError(400, f'request must be JSON {{"id": ID}}: {exc}') from None
+        raise ApiError(400, f"request must be JSON {shape}: {exc}") from None
     duplicate = find_duplicate_key(data)
     if duplicate:
-        raise ApiError(400, f'request must be JSON {{"id": ID}}: {duplicate}')
+        raise ApiError(400, f"request must be JSON {shape}: {duplicate}")
+    return body
+
+
+def known_form(wf_id: str) -> str:
+    """The id, if it can be one; else 404 (an id that cannot exist is unknown, never a subject's wildcard)."""
     if not is_valid_id(wf_id):
         raise ApiError(404, f"unknown id {wf_id!r}")
     return wf_id
+
+
+def decode_id(data: bytes) -> str:
+    """The id of an `{"id": ID}` request; 400 for a bad body, 404 for what cannot be an id."""
+    return known_form(decode_body(data, id_request_decoder, '{"id": ID}').id)

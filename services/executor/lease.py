@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from schemas import subjects
-from services.common.bus import wrong_last_sequence
+from services.common.bus import EXPECTED_LAST_SEQ, wrong_last_sequence
 from services.common.ids import new_id
 from services.common.topology import LEASES_BUCKET
 
@@ -78,7 +78,7 @@ class Lease:
         try:
             ack = await self.js.publish(
                 subjects.kv(LEASES_BUCKET, self.key), self.value, timeout=RENEW_S,
-                headers={"Nats-Expected-Last-Subject-Sequence": str(self.revision)}, msg_ttl=TTL_S,
+                headers={EXPECTED_LAST_SEQ: str(self.revision)}, msg_ttl=TTL_S,
             )
         except nats.js.errors.APIError as exc:
             if not wrong_last_sequence(exc):
@@ -119,7 +119,7 @@ class Lease:
         try:
             await self.js.publish(
                 subjects.kv(LEASES_BUCKET, self.key), b"", timeout=RENEW_S, msg_ttl=TTL_S,
-                headers={"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(self.revision)},
+                headers={"KV-Operation": "DEL", EXPECTED_LAST_SEQ: str(self.revision)},
             )
         except (TimeoutError, nats.errors.Error) as exc:  # it expires on its own
             log.info("lease_release_failed", error=repr(exc))

@@ -39,16 +39,18 @@ from schemas import (
     approval_request_decoder,
     encoder,
     event_decoder,
-    event_msg_id,
-    event_subject,
     subjects,
 )
-from services.common.bus import ACK_TIMEOUT_S, MSG_ID, last_event, publish_event, wrong_last_sequence
-from services.common.endpoint import ApiError, decode_id
+from services.common.bus import (
+    EXPECTED_LAST_SEQ,
+    EXPECTED_LAST_SEQ_SUBJECT,
+    last_event,
+    publish_event,
+    wrong_last_sequence,
+)
+from services.common.endpoint import ApiError, decode_body, decode_id, known_form
 from services.common.identity import Caller, caller
-from services.common.ids import is_valid_id
 from services.common.settings import Settings
-from services.common.strictjson import find_duplicate_key
 from services.common.topology import EVENTS_STREAM
 from services.policy import approvals
 from services.safety.stops import EmergencyStops
@@ -71,24 +73,14 @@ from .rules import (
 
 log = structlog.get_logger()
 E = TypeVar("E", bound=Event)
-EXPECTED_LAST_SEQ = "Nats-Expected-Last-Subject-Sequence"
-EXPECTED_LAST_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MAX_APPROVAL_EVENTS = 1000  # approvals read per workflow at most (each person once; far above any need)
 
 
 def decode_approval(data: bytes, deny: bool) -> tuple[str, str]:
     """(id, comment) of an `{"id": ID, "comment": "..."}` request; 400 for a bad body, 404 for what
     cannot be an id. A denial needs a comment."""
-    shape = '{"id": ID, "comment": "why"}'
-    try:
-        body = approval_request_decoder.decode(data)
-    except DECODE_ERRORS as exc:
-        raise ApiError(400, f"request must be JSON {shape}: {exc}") from None
-    duplicate = find_duplicate_key(data)
-    if duplicate:
-        raise ApiError(400, f"request must be JSON {shape}: {duplicate}")
-    if not is_valid_id(body.id):
-        raise ApiError(404, f"unknown id {body.id!r}")
+    body = decode_body(data, approval_request_decoder, '{"id": ID, "comment": "why"}')
+    known_form(body.id)
     comment = " ".join(body.comment.split())
     if deny and not comment:
         raise ApiError(400, "a denial needs a comment saying why: {\"id\": ID, \"comment\": \"why\"}")
@@ -235,10 +227,8 @@ class Control:
                 # Under requireApproval JetStream refuses the exec once a denial is stored (and the
                 # denial once an exec is: never both). One exec: its Nats-Msg-Id makes a concurrent
                 # second one a duplicate, refused here; a later one meets the check above.
-                headers = {EXPECTED_LAST_SEQ: "0", EXPECTED_LAST_SEQ_SUBJECT: subjects.event(wf_id, "denied"),
-                           MSG_ID: event_msg_id(ev)}
-                ack = await self.js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S,
-                                            headers=headers)
+                ack = await publish_event(self.js, ev, headers={
+                    EXPECTED_LAST_SEQ: "0", EXPECTED_LAST_SEQ_SUBJECT: subjects.event(wf_id, "denied")})
                 if ack.duplicate:
                     raise ApiError(409, f"workflow {wf_id} is already executing or executed")
         except nats.js.errors.APIError as exc:
@@ -346,9 +336,8 @@ class Control:
     async def _record_pause_event(self, ev: Paused | Resumed, previous_seq: int, conflict: str) -> None:
         """One `paused` (or `resumed`) per number: a concurrent second one is a duplicate or finds
         the subject moved on (409 `conflict`). `previous_seq`: where the subject's last one is (0: none)."""
-        headers = {EXPECTED_LAST_SEQ: str(previous_seq), MSG_ID: event_msg_id(ev)}
         try:
-            ack = await self.js.publish(event_subject(ev), encoder.encode(ev), timeout=ACK_TIMEOUT_S, headers=headers)
+            ack = await publish_event(self.js, ev, headers={EXPECTED_LAST_SEQ: str(previous_seq)})
         except nats.js.errors.APIError as exc:
             if wrong_last_sequence(exc):
                 raise ApiError(409, conflict) from None

@@ -35,7 +35,7 @@ from schemas import (
     subjects,
     workreq_decoder,
 )
-from services.common.bus import last_event, publish_event, stored_verdict, wrong_last_sequence
+from services.common.bus import EXPECTED_LAST_SEQ, last_event, publish_event, stored_verdict, wrong_last_sequence
 from services.common.endpoint import ApiError
 from services.common.identity import caller
 from services.common.ids import new_id
@@ -237,7 +237,7 @@ class Submits:
         if self.policy_state.error:
             raise ApiError(503, f"policy configuration invalid, nothing was stored: {self.policy_state.error}")
         refuse(stop_refusal(req.name, self.es.state(req.name)))
-        headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if once else None
+        headers = {EXPECTED_LAST_SEQ: "0"} if once else None
         try:
             await publish_event(self.js, await self._submitted(wf_id, req, req_json, by), headers=headers)
         except nats.js.errors.APIError as exc:

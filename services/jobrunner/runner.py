@@ -203,12 +203,11 @@ class JobRunner:
     async def _facts(self, cmd: JobCommand) -> Facts:
         """Everything `verdict` judges the command by. The workflow's approved WorkReq (usually known
         already) and the job's events are independent reads: made at once."""
-        req = self.approved.get(cmd.id)
+        req = self._known(cmd.id)
         if req is not None:  # known already (every command but a workflow's first few): one read
-            self.approved.move_to_end(cmd.id)
             history = await job_history(self.js, cmd)
         else:
-            req, history = await asyncio.gather(self._approved(cmd.id), job_history(self.js, cmd))
+            req, history = await asyncio.gather(self._verify_once(cmd.id), job_history(self.js, cmd))
         return Facts(req=req, workflow_ended=cmd.id in self.ended,  # (the WorkReq's look-up may have learned it)
                      es_stopped=bool(cmd.workreq) and self.es.is_stopped(cmd.workreq), history=history)
 
@@ -242,15 +241,12 @@ class JobRunner:
 
     # ------------------------------------------------------------ the approved WorkReq (defence in depth)
 
-    async def _approved(self, wf_id: str) -> WorkReq | None:
-        """The approved WorkReq of the executing workflow with this id (None: there is none): only what
-        it says, at that place, is run (`verdict.refusal`)."""
+    def _known(self, wf_id: str) -> WorkReq | None:
+        """The approved WorkReq of the executing workflow with this id, if looked up already (kept as
+        the most recently used): only what it says, at that place, is run (`verdict.refusal`)."""
         req = self.approved.get(wf_id)
-        if req is None:
-            req = await self._verify_once(wf_id)
-            if req is None:
-                return None
-        self.approved.move_to_end(wf_id)
+        if req is not None:
+            self.approved.move_to_end(wf_id)
         return req
 
     async def _verify_once(self, wf_id: str) -> WorkReq | None:
@@ -264,6 +260,7 @@ class JobRunner:
         req = await asyncio.shield(pending)  # a cancelled job must not cancel the others' look-up
         if req is not None:
             self.approved[wf_id] = req
+            self.approved.move_to_end(wf_id)
             while len(self.approved) > APPROVED_MEMORY:
                 self.approved.popitem(last=False)
         return req

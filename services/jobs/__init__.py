@@ -108,6 +108,13 @@ def allowed_by(job: object) -> str:
 _WHOLE_NUMBER_RE = re.compile(r"[0-9]{1,18}")
 
 
+def parse_fatal(text: str) -> bool:
+    """The `fatal` argument of a job that takes one (exec, ssh, http): "true" or "false" exactly."""
+    if text not in ("true", "false"):
+        raise ArgError("fatal", f"'fatal' must be \"true\" or \"false\", got {text[:40]!r}")
+    return text == "true"
+
+
 def parse_whole_number(arg: str, text: str, low: int, high: int) -> int:
     """A numeric job argument: plain decimal digits (0-9 only: no sign, underscore, exponent,
     decimal point, white space or other scripts' digits) whose value is from `low` to `high`;

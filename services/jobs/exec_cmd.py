@@ -101,7 +101,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import ArgError, JobContext, JobError, parse_whole_number
+from . import ArgError, JobContext, JobError, parse_fatal, parse_whole_number
 from .output import Output, SecretError, secret_name
 
 MAX_ARGV = 256
@@ -191,13 +191,6 @@ def parse_env(args: Mapping[str, str]) -> dict[str, str]:
 
 def parse_attempts(args: Mapping[str, str]) -> int:
     return parse_whole_number("attempts", args["attempts"], 1, MAX_ATTEMPTS) if "attempts" in args else 1
-
-
-def parse_fatal(args: Mapping[str, str]) -> bool:
-    text = args.get("fatal", "false")
-    if text not in ("true", "false"):
-        raise ArgError("fatal", f"'fatal' must be \"true\" or \"false\", got {text[:40]!r}")
-    return text == "true"
 
 
 # ------------------------------------------------------------ the user a program runs as
@@ -443,7 +436,7 @@ class ExecJob:
         parse_cwd(args)
         parse_env(args)
         parse_attempts(args)
-        parse_fatal(args)
+        parse_fatal(args.get("fatal", "false"))
 
     async def clean_up_earlier_attempts(self, workflow_id: str, block: int, job: int) -> int:
         """Called by the runner when a command comes again after an attempt that did not end (its
@@ -473,7 +466,7 @@ class ExecJob:
         ok_codes = parse_ok_codes(args)
         cwd = parse_cwd(args)
         job_env = parse_env(args)
-        fatal = parse_fatal(args)
+        fatal = parse_fatal(args.get("fatal", "false"))
         program = argv[0]
         try:
             resolved = [program] + [ctx.secrets.resolve(a) for a in argv[1:]]

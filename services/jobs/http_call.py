@@ -82,7 +82,7 @@ from urllib.parse import urlsplit, urlunsplit
 import certifi
 import httpx
 
-from . import ArgError, JobContext, JobError, parse_whole_number
+from . import ArgError, JobContext, JobError, parse_fatal, parse_whole_number
 from .output import SecretError, secret_name
 
 _BAD_IN_URL = re.compile(r"[\x00-\x20\x7f\\\\]|%2e|%2f|%5c|%00", re.IGNORECASE)
@@ -290,12 +290,6 @@ def _lookup(doc: object, path: tuple[str, ...]) -> object:
         if doc is _MISSING:
             return _MISSING
     return doc
-
-
-def parse_fatal(text: str) -> bool:
-    if text not in ("true", "false"):
-        raise ArgError("fatal", f"fatal must be \"true\" or \"false\", got {text[:40]!r}")
-    return text == "true"
 
 
 @dataclass(frozen=True)

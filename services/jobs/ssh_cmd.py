@@ -85,7 +85,7 @@ from dataclasses import dataclass
 
 from services.inventory import InventorySource
 
-from . import ArgError, JobContext, inventory_or_arg_error, parse_whole_number
+from . import ArgError, JobContext, inventory_or_arg_error, parse_fatal, parse_whole_number
 
 MAX_COMMAND_BYTES = 16 * 1024
 MAX_TIMEOUT_S = 86_400
@@ -149,12 +149,6 @@ def parse_ok_codes(text: str) -> frozenset[int]:
         raise ArgError("ok_codes", f"'ok_codes' must be 1 to {MAX_OK_CODES} exit codes from 0 to 255, comma-separated "
                                    f"in plain digits, like \"0,3\", got {shown!r}")
     return frozenset(int(p) for p in parts)
-
-
-def parse_fatal(text: str) -> bool:
-    if text not in ("true", "false"):
-        raise ArgError("fatal", f"'fatal' must be \"true\" or \"false\", got {text[:20]!r}")
-    return text == "true"
 
 
 @dataclass(frozen=True)

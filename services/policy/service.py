@@ -13,6 +13,8 @@ from nats.js import JetStreamContext
 from schemas import Approved, Rejected, Submitted, event_decoder, subjects
 from services import workreqs
 from services.common.bus import (
+    EXPECTED_LAST_SEQ,
+    EXPECTED_LAST_SEQ_SUBJECT,
     connect,
     decode_or_terminate,
     jetstream,
@@ -40,8 +42,7 @@ def never_both(verdict: Approved | Rejected) -> dict[str, str]:
     and rejected, whatever the duplicate window (a `submitted` replayed later, under a changed
     policy file, could otherwise bring the opposite verdict). The same verdict twice is harmless."""
     opposite = "rejected" if isinstance(verdict, Approved) else "approved"
-    return {"Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.event(verdict.id, opposite)}
+    return {EXPECTED_LAST_SEQ: "0", EXPECTED_LAST_SEQ_SUBJECT: subjects.event(verdict.id, opposite)}
 
 
 async def handle_submitted(msg: Msg, js: JetStreamContext, jobs: JobRegistry, watcher: PolicyConfigWatcher) -> None:

@@ -14,7 +14,6 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from schemas import (
-    DECODE_ERRORS,
     LogsReply,
     encoder,
     event_decoder,
@@ -23,9 +22,7 @@ from schemas import (
     status_decoder,
 )
 from services.common.bus import stored_verdict
-from services.common.endpoint import ApiError, decode_id
-from services.common.ids import is_valid_id
-from services.common.strictjson import find_duplicate_key
+from services.common.endpoint import ApiError, decode_body, decode_id, known_form
 from services.jobs.output import output_key
 from services.workreqs import fits
 
@@ -45,15 +42,8 @@ class StatusApi:
 
     async def logs(self, request: Request) -> bytes:
         """`wf.api.logs` {"id", "block", "job"}: one job's whole kept output (LogsReply)."""
-        try:
-            req = logs_request_decoder.decode(request.data)
-        except DECODE_ERRORS as exc:
-            raise ApiError(400, f'request must be JSON {{"id": ID, "block": N, "job": N}}: {exc}') from None
-        duplicate = find_duplicate_key(request.data)
-        if duplicate:
-            raise ApiError(400, f'request must be JSON {{"id": ID, "block": N, "job": N}}: {duplicate}')
-        if not is_valid_id(req.id):
-            raise ApiError(404, f"unknown id {req.id!r}")
+        req = decode_body(request.data, logs_request_decoder, '{"id": ID, "block": N, "job": N}')
+        known_form(req.id)
         status = status_decoder.decode(await self._status_json(req.id))
         if not 0 <= req.block < len(status.blocks):
             raise ApiError(404, f"workflow {req.id} has no block {req.block} (it has {len(status.blocks)})")

@@ -14,7 +14,8 @@ import nats
 import nats.js.errors
 import pytest
 
-from schemas import JobCompleted, encoder
+from schemas import Approved, JobCompleted, encoder
+from services.common.bus import last_event
 from tests.conftest import REPO, eventually, wait_terminal
 from wf import client
 
@@ -259,3 +260,69 @@ async def test_the_callers_identity_is_the_servers_never_the_clients_claim(syste
             assert (info.get("acc"), info.get("user")) == ("PEOPLE", user), info
     finally:
         await admin.close()
+
+
+async def test_a_client_cannot_answer_a_services_own_requests(system):
+    """A service's requests (its event publishes, KV writes, last-event reads) are answered on its own
+    inbox with a counter for token (services/common/requester.py): predictable. A client that knows
+    the exact reply subjects (the test reads them as admin) sprays forged answers into them while it
+    execs a workflow the policies rejected: a forged `approved` read, 404s for the rest. None of it
+    may reach the service: the exec is refused as rejected, nothing is stored, and the admin sees no
+    forged message in the service's inbox."""
+    admin = await nats.connect(system.url)
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    attacker = await nats.connect(system.client_url, error_cb=on_error)
+    seen: list[str] = []
+    forged_arrived: list[str] = []
+
+    async def watch(msg) -> None:  # type: ignore[no-untyped-def]
+        seen.append(msg.subject)
+        if msg.data.startswith(b'{"forged"') or (msg.headers or {}).get("Wf-Forged"):
+            forged_arrived.append(msg.subject)
+
+    try:
+        await admin.subscribe("_INBOX_intake.>", cb=watch)
+        await admin.flush()
+        refused = json.dumps({"name": "SleepDemo", "desc": "rejected", "blocks": [
+            {"rate_limit": 1, "jobs": [{"name": "validateDecom", "args": {"site": "aap", "type": "satellite"}}]}]}).encode()
+        with pytest.raises(client.WfError) as rejected:
+            await client.submit(attacker, refused)
+        wf_id = rejected.value.body["id"]
+        assert rejected.value.code == 400
+
+        async def learned() -> str | None:
+            return seen[-1] if seen else None
+
+        last = await eventually(learned, 10, what="a reply to wf-intake's requests")
+        prefix, _, token = last.rpartition(".")
+        approved = encoder.encode(Approved(id=wf_id, at=1.0))
+        headers_ok = {"Nats-Subject": f"wf.evt.{wf_id}.approved", "Nats-Sequence": "1", "Wf-Forged": "1",
+                      "Nats-Time-Stamp": "2026-01-01T00:00:00.000000000Z"}
+
+        async def spray() -> None:
+            for n in range(int(token) + 1, int(token) + 200):
+                await attacker.publish(f"{prefix}.{n}", approved, headers=headers_ok)
+                await attacker.publish(f"{prefix}.{n}", b"", headers={"Status": "404", "Wf-Forged": "1"})
+            await attacker.flush()
+
+        sprayer = asyncio.create_task(spray())
+        with pytest.raises(client.WfError) as exec_refused:
+            await client.execute(attacker, wf_id)
+        await sprayer
+        assert exec_refused.value.code == 412 and "rejected" in exec_refused.value.message
+        assert await last_event(admin.jetstream(), f"wf.evt.{wf_id}.exec_requested") is None
+        await eventually(lambda: _has(errors), 5, what="the permissions violation of the forged answers")
+        await admin.flush()
+        assert not forged_arrived, f"a client's forged answer reached wf-intake's inbox: {forged_arrived[:3]}"
+        assert (await nc_ping(attacker, "wf-intake")), "intake stopped answering"
+    finally:
+        await attacker.close()
+        await admin.close()
+
+
+async def _has(found: list[Exception]) -> bool:
+    return bool(found)
